@@ -1,0 +1,87 @@
+"""Shared fixtures for the core tests: tiny configs, randomised models, reference fixtures, input builders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from comfyui_cointeract.cointeract_core.config import PRESETS, DiTConfig
+from comfyui_cointeract.cointeract_core.model import CoInteractDiT
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+
+
+def randomize(model: torch.nn.Module, seed: int = 1234) -> torch.nn.Module:
+    """Overwrite every parameter so zero-initialised paths contribute (the fixtures' recipe)."""
+    gen = torch.Generator().manual_seed(seed)
+    dim = getattr(getattr(model, "cfg", None), "dim", 64)
+    with torch.no_grad():
+        for name, p in sorted(model.named_parameters()):
+            r = torch.randn(p.shape, generator=gen)
+            if name.endswith("modulation"):
+                r = r * dim**-0.5
+            elif name == "casual_audio_encoder.weights":
+                r = 0.5 + 0.5 * r
+            elif "norm" in name and p.ndim == 1:
+                r = 1 + 0.1 * r
+            elif p.ndim == 1:
+                r = 0.05 * r
+            elif name.endswith(("padding_tokens", "cond_mask.weight")):
+                r = 0.5 * r
+            else:
+                r = r / (p[0].numel() ** 0.5)
+            p.copy_(r)
+    return model
+
+
+def make_inputs(cfg: DiTConfig, frames: int = 3, hw: tuple[int, int] = (8, 16), seed: int = 0, **parts: bool) -> dict:
+    """Random named inputs for CoInteractDiT.forward; `parts` switches product/motion/pose/hoi (all on by default)."""
+    gen = torch.Generator().manual_seed(seed)
+    c, (h, w) = cfg.in_dim, hw
+
+    def rnd(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen)
+
+    out = dict(
+        x=rnd(1, c, frames, h, w), timestep=torch.tensor([500.0]), context=rnd(1, 5, cfg.text_dim),
+        audio=rnd(1, cfg.audio_layers, cfg.audio_dim, 4 * frames), person=rnd(1, c, 1, h, w),
+    )
+    if parts.get("product", True):
+        out.update(product=rnd(1, c, 1, h, w), product_scale=0.6)
+    if parts.get("motion", True):
+        out["motion"] = rnd(1, c, 19, h, w)
+    if parts.get("pose", True) and cfg.cond_dim:
+        out["pose"] = 0.5 * rnd(1, cfg.cond_dim, frames, h, w)
+    if parts.get("hoi", True) and cfg.hoi:
+        out.update(hoi=rnd(1, c, frames, h, w), hoi_context=rnd(1, 6, cfg.text_dim))
+    return out
+
+
+@pytest.fixture(name="randomize")
+def randomize_fixture():
+    """The `randomize(model, seed)` helper (test modules cannot import conftest under importlib mode)."""
+    return randomize
+
+
+@pytest.fixture(name="make_inputs")
+def make_inputs_fixture():
+    """The `make_inputs(cfg, ...)` helper."""
+    return make_inputs
+
+
+@pytest.fixture(scope="session")
+def wan_fixture() -> dict[str, torch.Tensor]:
+    return load_file(FIXTURES / "wan_s2v_tiny.safetensors")
+
+
+@pytest.fixture
+def tiny_cfg() -> DiTConfig:
+    return PRESETS["tiny_cointeract"]
+
+
+@pytest.fixture
+def tiny_model(tiny_cfg: DiTConfig) -> CoInteractDiT:
+    return randomize(CoInteractDiT(tiny_cfg)).eval()
