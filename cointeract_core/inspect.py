@@ -1,0 +1,192 @@
+"""`cointeract inspect FILE... [--against BASE]`: what a checkpoint is and what it holds, from its headers only.
+
+Reports the layout (single file / sharded), the model family, the inferred config, LoRA rank and targets,
+which CoInteract parts are present, dtypes, counts and metadata. With `--against BASE`, checks that each
+CoInteract FILE loads on top of BASE (missing / unexpected keys, shapes, LoRA fit) without reading weights.
+Exit codes: 0 ok, 2 bad input (the error is printed, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import re
+import sys
+from collections import Counter
+from collections.abc import Sequence
+
+from . import checkpoint as ck
+from . import lora as lora_lib
+from .config import from_state_dict
+
+__all__ = ["describe", "check_against", "main"]
+
+EXIT_OK, EXIT_BAD_INPUT = 0, 2
+
+
+def _lora_summary(ckpt: ck.Checkpoint) -> dict | None:
+    keys = [k for k in ckpt.entries if lora_lib.is_lora_key(k)]
+    if not keys:
+        return None
+    pairs = lora_lib.lora_pairs(keys)
+    ranks = sorted({ckpt.entries[a].shape[0] for a, _ in pairs.values()})
+    return {"rank": ranks[0] if len(ranks) == 1 else ranks, "targets": len(pairs)}
+
+
+def _moe_summary(shapes: dict[str, tuple[int, ...]]) -> dict | None:
+    experts = sorted(
+        {m.group(1) for k in shapes if (m := re.match(r"blocks\.\d+\.ffn\.(\w+)_expert\.fc1\.weight$", k))}
+    )
+    if not experts:
+        return None
+    blocks = {k.split(".")[1] for k in shapes if ".ffn.router." in k}
+    return {
+        "expert_dim": shapes[f"blocks.0.ffn.{experts[0]}_expert.fc1.weight"][0],
+        "experts": experts,
+        "blocks": len(blocks),
+    }
+
+
+def describe(paths: ck.PathLike | Sequence[ck.PathLike]) -> dict:
+    """What a checkpoint is: format, family, inferred config, LoRA, CoInteract parts, dtypes, counts, metadata."""
+    ckpt = ck.open_checkpoint(paths)
+    shapes = ckpt.shapes()
+    family, evidence = ck.describe_family(shapes)
+    config, config_error = None, None
+    if family == "wan22_s2v":
+        try:
+            config = dataclasses.asdict(from_state_dict(shapes, ckpt.metadata))
+        except ValueError as err:
+            config_error = str(err)
+    return {
+        "name": ckpt.name,
+        "files": [str(f) for f in ckpt.files],
+        "format": ckpt.format,
+        "prefix": ckpt.prefix,
+        "family": family,
+        "family_description": ck.FAMILIES[family],
+        "evidence": evidence,
+        "tensors": len(shapes),
+        "parameters": sum(math.prod(s) for s in shapes.values()),
+        "bytes": sum(e.nbytes for e in ckpt.entries.values()),
+        "dtypes": dict(Counter(str(e.dtype).removeprefix("torch.") for e in ckpt.entries.values()).most_common()),
+        "parts": ck.cointeract_parts(list(shapes)),
+        "lora": _lora_summary(ckpt),
+        "moe": _moe_summary(shapes),
+        "config": config,
+        "config_error": config_error,
+        "metadata": ckpt.metadata,
+    }
+
+
+def check_against(path: ck.PathLike, base: ck.PathLike | Sequence[ck.PathLike]) -> dict:
+    """Whether CoInteract file `path` loads on `base`: the combined config and the load problems (headers only)."""
+    plan, _ = ck.plan_load(base, path)
+    return {
+        "name": plan.extra.name,
+        "base": plan.base.name,
+        "ok": plan.ok,
+        "problems": plan.problems(),
+        "missing": plan.missing,
+        "unexpected": plan.unexpected,
+        "mismatched": plan.mismatched,
+        "lora_error": plan.lora_error,
+        "lora_targets": len(plan.lora_keys) // 2,
+        "config": dataclasses.asdict(plan.cfg),
+    }
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return ""
+
+
+def _config_line(cfg: dict) -> str:
+    line = (
+        f"dim {cfg['dim']} · ffn {cfg['ffn_dim']} · {cfg['num_layers']} layers · {cfg['num_heads']} heads · "
+        f"in {cfg['in_dim']} · text {cfg['text_dim']} · audio {cfg['audio_dim']}×{cfg['audio_layers']} · "
+        f"injectors at {list(cfg['audio_inject_layers'])}"
+    )
+    if cfg.get("moe"):
+        line += f" · MoE ({cfg['moe']['experts']}, expert_dim {cfg['moe']['expert_dim']})"
+    return line + (" · HOI" if cfg.get("hoi") else "")
+
+
+def format_report(info: dict) -> str:
+    """The readable form of `describe`."""
+    rows = [
+        (
+            "format",
+            f"{info['format']} ({len(info['files'])} file{'s' * (len(info['files']) > 1)}, "
+            f"{_size(info['bytes'])})" + (f", prefix '{info['prefix']}' stripped" if info["prefix"] else ""),
+        ),
+        ("family", f"{info['family']}: {info['family_description']} ({info['evidence']})"),
+        ("tensors", f"{info['tensors']} ({info['parameters'] / 1e6:,.1f} M parameters)"),
+        ("dtypes", ", ".join(f"{k} × {v}" for k, v in info["dtypes"].items())),
+        ("parts", ", ".join(k for k, v in info["parts"].items() if v) or "none"),
+    ]
+    if info["lora"]:
+        rows.append(("lora", f"rank {info['lora']['rank']}, {info['lora']['targets']} target modules"))
+    if info["moe"]:
+        moe = info["moe"]
+        rows.append(
+            ("moe", f"experts {', '.join(moe['experts'])}, expert_dim {moe['expert_dim']}, {moe['blocks']} blocks")
+        )
+    if info["config"]:
+        rows.append(("config", _config_line(info["config"])))
+    if info["config_error"]:
+        rows.append(("config", f"cannot infer: {info['config_error']}"))
+    if info["metadata"]:
+        meta = ", ".join(f"{k}={v if len(v) <= 60 else v[:57] + '...'}" for k, v in info["metadata"].items())
+        rows.append(("metadata", meta))
+    return "\n".join([info["name"], *(f"  {k:<9} {v}" for k, v in rows)])
+
+
+def format_check(result: dict) -> str:
+    """The readable form of `check_against`."""
+    head = f"{result['name']} on {result['base']}: " + ("loads" if result["ok"] else "does NOT load")
+    lines = [head, f"  config    {_config_line(result['config'])}", f"  lora      {result['lora_targets']} merges"]
+    return "\n".join(lines + [f"  problem   {p}" for p in result["problems"]])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `cointeract inspect`; returns the exit code."""
+    parser = argparse.ArgumentParser(prog="cointeract inspect", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "files",
+        nargs="+",
+        metavar="FILE",
+        help="a .safetensors file, an index.json, any shard of a sharded set, or their folder",
+    )
+    parser.add_argument("--against", metavar="BASE", help="check each CoInteract FILE on this Wan2.2-S2V base")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of the readable report")
+    args = parser.parse_args(argv)
+    results, seen, failed = [], set(), False
+    for path in args.files:
+        try:
+            info = describe(path)
+            if tuple(info["files"]) in seen:
+                continue
+            seen.add(tuple(info["files"]))
+            if args.against:
+                info["check"] = check_against(path, args.against)
+                failed |= not info["check"]["ok"]
+        except (ValueError, OSError) as err:
+            print(f"cointeract inspect: {path}: {err}", file=sys.stderr)
+            failed = True
+            continue
+        results.append(info)
+        if not args.json:
+            print(format_report(info) + ("\n" + format_check(info["check"]) if "check" in info else "") + "\n")
+    if args.json:
+        print(json.dumps(results, indent=2, default=str))
+    return EXIT_BAD_INPUT if failed else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
