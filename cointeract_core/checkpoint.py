@@ -33,7 +33,6 @@ from .safetensors_io import (
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "FAMILIES",
     "LoadPlan",
     "Checkpoint",
     "open_checkpoint",
@@ -59,19 +58,6 @@ _FFN = re.compile(r"^(blocks\.\d+\.ffn\.)(ffn_base\.)?([02]\.)")
 
 # ---------------------------------------------------------------------------------------------- families
 
-FAMILIES = {
-    "wan22_s2v": "Wan2.2-S2V",
-    "cointeract": "a CoInteract add-on checkpoint (LoRA / MoE / HOI, no base weights)",
-    "wan_t2v": "Wan2.1/2.2 T2V",
-    "wan_i2v": "Wan I2V",
-    "wan_ti2v": "Wan2.2 TI2V-5B",
-    "wan_vace": "Wan VACE",
-    "wan_animate": "Wan2.2 Animate",
-    "wan_humo": "Wan HuMo",
-    "wan_camera": "Wan Fun-Camera",
-    "unknown": "not a Wan DiT",
-}
-
 
 def _shape_of(value: torch.Tensor | Sequence[int]) -> tuple[int, ...]:
     return tuple(value.shape) if hasattr(value, "shape") else tuple(value)
@@ -93,31 +79,31 @@ def cointeract_parts(keys: Sequence[str]) -> dict[str, bool]:
 
 
 def describe_family(shapes: Shapes) -> tuple[str, str]:
-    """(family, evidence) from key names and shapes; the evidence says which keys decided it."""
+    """(family, what it looks like and why), e.g. ("wan_i2v", "Wan2.1 I2V (has img_emb.*)"), from keys and shapes."""
     keys = set(shapes)
     if keys and all(is_cointeract_key(k) for k in keys):
-        return "cointeract", "only LoRA / MoE / HOI / cond_encoder keys"
+        return "cointeract", "a CoInteract add-on checkpoint (only LoRA / MoE / HOI / cond_encoder keys)"
     if "patch_embedding.weight" not in keys or "head.modulation" not in keys:
-        return "unknown", "no patch_embedding.weight / head.modulation"
-    patch = _shape_of(shapes["patch_embedding.weight"])
-    markers = [
-        ("wan_vace", "vace_patch_embedding.weight", "has vace_patch_embedding / vace_blocks.*"),
-        ("wan_camera", "control_adapter.conv.weight", "has control_adapter.*"),
-        ("wan22_s2v", "casual_audio_encoder.encoder.final_linear.weight", "has casual_audio_encoder.*"),
-        ("wan_humo", "audio_proj.audio_proj_glob_1.layer.bias", "has audio_proj.*"),
-        ("wan_animate", "face_adapter.fuser_blocks.0.k_norm.weight", "has face_adapter.*"),
-        ("wan_animate", "pose_patch_embedding.weight", "has pose_patch_embedding.*"),
+        return "unknown", "not a Wan DiT (no patch_embedding.weight / head.modulation)"
+    markers = [  # ComfyUI's model_detection order
+        ("wan_vace", "vace_patch_embedding.weight", "Wan VACE (has vace_patch_embedding.*)"),
+        ("wan_camera", "control_adapter.conv.weight", "Wan Fun-Camera (has control_adapter.*)"),
+        ("wan22_s2v", "casual_audio_encoder.encoder.final_linear.weight", "Wan2.2-S2V (has casual_audio_encoder.*)"),
+        ("wan_humo", "audio_proj.audio_proj_glob_1.layer.bias", "Wan HuMo (has audio_proj.*)"),
+        ("wan_animate", "face_adapter.fuser_blocks.0.k_norm.weight", "Wan2.2 Animate (has face_adapter.*)"),
+        ("wan_animate", "pose_patch_embedding.weight", "Wan2.2 Animate (has pose_patch_embedding.*)"),
     ]
-    for family, key, why in markers:
+    for family, key, label in markers:
         if key in keys:
-            return family, why
+            return family, label
+    dim, in_dim = _shape_of(shapes["patch_embedding.weight"])[:2]
     if any(k.startswith("img_emb.") for k in keys):
-        return "wan_i2v", "Wan2.1 I2V: has img_emb.* (CLIP image branch)"
-    if patch[1] == 48 or patch[0] == 3072:
-        return "wan_ti2v", f"dim {patch[0]}, patch_embedding takes {patch[1]} channels"
-    if patch[1] == 36:
-        return "wan_i2v", "Wan2.2 I2V: patch_embedding takes 36 channels (noise + image latents + mask)"
-    return "wan_t2v", "no audio, image or control keys"
+        return "wan_i2v", "Wan2.1 I2V (has img_emb.*)"
+    if in_dim == 48 or dim == 3072:
+        return "wan_ti2v", f"Wan2.2 TI2V-5B (dim {dim}, {in_dim} latent channels)"
+    if in_dim == 36:
+        return "wan_i2v", "Wan2.2 I2V (patch_embedding takes 36 channels: noise + image latents + mask)"
+    return "wan_t2v", "Wan2.1/2.2 T2V (no audio, image or control keys)"
 
 
 def detect_family(shapes: Shapes) -> str:
@@ -173,22 +159,22 @@ def _listing(title: str, items: Sequence[str], limit: int = 10) -> str:
 
 
 def _check_families(base: Checkpoint, extra: Checkpoint | None) -> None:
-    family, why = describe_family(base.shapes())
+    family, label = describe_family(base.shapes())
     if family == "cointeract":
         raise ValueError(
-            f"{base.name} is {FAMILIES[family]}; pass it as the CoInteract checkpoint and give the "
+            f"{base.name} is {label}; pass it as the CoInteract checkpoint and give the "
             "Wan2.2-S2V-14B weights as the base"
         )
     if family != "wan22_s2v":
         raise ValueError(
-            f"expected a Wan2.2-S2V checkpoint; {base.name} looks like {FAMILIES[family]} ({why}). "
+            f"expected a Wan2.2-S2V checkpoint; {base.name} looks like {label}. "
             "Use Wan2.2-S2V-14B (the original shards or ComfyUI's wan2.2_s2v_14B_bf16.safetensors)"
         )
     if extra is not None and detect_family(extra.shapes()) != "cointeract":
-        family, why = describe_family(extra.shapes())
+        _, label = describe_family(extra.shapes())
         raise ValueError(
             f"expected a CoInteract checkpoint (LoRA / MoE / HOI keys); {extra.name} looks like "
-            f"{FAMILIES[family]} ({why}). Pass base weights as the base, the CoInteract file second"
+            f"{label}. Pass base weights as the base, the CoInteract file second"
         )
 
 

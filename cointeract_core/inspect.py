@@ -53,7 +53,7 @@ def describe(paths: ck.PathLike | Sequence[ck.PathLike]) -> dict:
     """What a checkpoint is: format, family, inferred config, LoRA, CoInteract parts, dtypes, counts, metadata."""
     ckpt = ck.open_checkpoint(paths)
     shapes = ckpt.shapes()
-    family, evidence = ck.describe_family(shapes)
+    family, looks_like = ck.describe_family(shapes)
     config, config_error = None, None
     if family == "wan22_s2v":
         try:
@@ -66,8 +66,7 @@ def describe(paths: ck.PathLike | Sequence[ck.PathLike]) -> dict:
         "format": ckpt.format,
         "prefix": ckpt.prefix,
         "family": family,
-        "family_description": ck.FAMILIES[family],
-        "evidence": evidence,
+        "looks_like": looks_like,
         "tensors": len(shapes),
         "parameters": sum(math.prod(s) for s in shapes.values()),
         "bytes": sum(e.nbytes for e in ckpt.entries.values()),
@@ -125,7 +124,7 @@ def format_report(info: dict) -> str:
             f"{info['format']} ({len(info['files'])} file{'s' * (len(info['files']) > 1)}, "
             f"{_size(info['bytes'])})" + (f", prefix '{info['prefix']}' stripped" if info["prefix"] else ""),
         ),
-        ("family", f"{info['family']}: {info['family_description']} ({info['evidence']})"),
+        ("family", f"{info['family']}: {info['looks_like']}"),
         ("tensors", f"{info['tensors']} ({info['parameters'] / 1e6:,.1f} M parameters)"),
         ("dtypes", ", ".join(f"{k} × {v}" for k, v in info["dtypes"].items())),
         ("parts", ", ".join(k for k, v in info["parts"].items() if v) or "none"),
