@@ -14,7 +14,7 @@ from .layers import RMSNorm, cast_to
 from .rope import apply_rope
 from .visibility import AttentionGroup
 
-__all__ = ["attention", "resolve_backend", "BACKENDS", "SelfAttention", "CrossAttention"]
+__all__ = ["attention", "split_linear", "resolve_backend", "BACKENDS", "SelfAttention", "CrossAttention"]
 log = logging.getLogger(__name__)
 
 
@@ -61,6 +61,13 @@ def resolve_backend(name: str) -> str:
     return name
 
 
+def split_linear(layer: nn.Module, x: torch.Tensor, splits: tuple[int, ...] | None) -> torch.Tensor:
+    """`layer` applied to [B, S, D] token chunks of the given sizes (dim 1) and concatenated; whole when None."""
+    if not splits or len(splits) == 1:
+        return layer(x)
+    return torch.cat([layer(part) for part in torch.split(x, list(splits), dim=1)], dim=1)
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = "sdpa") -> torch.Tensor:
     """Softmax attention with scale 1/√d. q [B, Sq, H, d], k/v [B, Sk, H, d] -> [B, Sq, H, d]."""
     return BACKENDS[backend][1](q, k, v)
@@ -76,21 +83,30 @@ class SelfAttention(nn.Module):
         self.norm_q, self.norm_k = RMSNorm(dim, eps), RMSNorm(dim, eps)
 
     def forward(
-        self, x: torch.Tensor, freqs: torch.Tensor, groups: tuple[AttentionGroup, ...], backend: str = "sdpa"
+        self,
+        x: torch.Tensor,
+        freqs: torch.Tensor,
+        groups: tuple[AttentionGroup, ...],
+        backend: str = "sdpa",
+        splits: tuple[int, ...] | None = None,
     ) -> torch.Tensor:
-        """x [B, S, D], freqs [S, d/2] complex, groups tiling S in order -> [B, S, D]."""
+        """x [B, S, D], freqs [S, d/2] complex, groups tiling S in order -> [B, S, D].
+
+        `splits` (token counts summing to S) runs the projections per chunk, so the main stream's numbers never
+        depend on how many HOI tokens ride along (matmul kernels may differ with the row count on GPU).
+        """
         b, s, d = x.shape
         x = cast_to(x, self.q)
-        q = apply_rope(self.norm_q(self.q(x)).view(b, s, self.num_heads, -1), freqs)
-        k = apply_rope(self.norm_k(self.k(x)).view(b, s, self.num_heads, -1), freqs)
-        v = self.v(x).view(b, s, self.num_heads, -1)
+        q = apply_rope(self.norm_q(split_linear(self.q, x, splits)).view(b, s, self.num_heads, -1), freqs)
+        k = apply_rope(self.norm_k(split_linear(self.k, x, splits)).view(b, s, self.num_heads, -1), freqs)
+        v = split_linear(self.v, x, splits).view(b, s, self.num_heads, -1)
         outs = []
         for group in groups:
             keys = torch.cat([k[:, sl] for sl in group.keys], dim=1) if len(group.keys) > 1 else k[:, group.keys[0]]
             vals = torch.cat([v[:, sl] for sl in group.keys], dim=1) if len(group.keys) > 1 else v[:, group.keys[0]]
             outs.append(attention(q[:, group.queries], keys, vals, backend))
         out = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
-        return self.o(out.reshape(b, s, d))
+        return split_linear(self.o, out.reshape(b, s, d), splits)
 
 
 class CrossAttention(nn.Module):

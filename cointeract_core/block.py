@@ -13,7 +13,7 @@ from torch import nn
 
 from .attention import CrossAttention, SelfAttention
 from .config import DiTConfig
-from .layers import FP32LayerNorm, layer_norm, modulate
+from .layers import FP32LayerNorm, cast_to, layer_norm, modulate
 from .layout import SequenceLayout
 from .moe import FeedForward, MoEFFN
 from .visibility import AttentionGroup
@@ -81,14 +81,25 @@ class DiTBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, ctx: BlockContext) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x [B, S, D] fp32 -> (x [B, S, D], router logits [B, N_target, 3] or None)."""
-        segs = self._segment_mods(ctx)
-        y = self.self_attn(self._modulated(x, segs, SHIFT_MSA, SCALE_MSA, self.eps), ctx.freqs, ctx.groups, ctx.backend)
+        segs, lay = self._segment_mods(ctx), ctx.layout
+        splits = (lay.n_main, lay.n_hoi) if lay.hoi else None
+        y = self._modulated(x, segs, SHIFT_MSA, SCALE_MSA, self.eps)
+        y = self.self_attn(y, ctx.freqs, ctx.groups, ctx.backend, splits)
         x = x + self._gated(y, segs, GATE_MSA)  # [B, S, D]
         x = x + self._cross(x, ctx)  # [B, S, D]
         y = self._modulated(x, segs, SHIFT_MLP, SCALE_MLP, self.eps)
-        logits = None
-        if isinstance(self.ffn, MoEFFN):
-            y, logits = self.ffn(y, ctx.layout.n_target, ctx.experts_on, ctx.run_router)
-        else:
-            y = self.ffn(y.to(self.ffn[0].weight.dtype))
+        y, logits = self._ffn(y, ctx)
         return x + self._gated(y, segs, GATE_MLP), logits  # [B, S, D]
+
+    def _ffn(self, y: torch.Tensor, ctx: BlockContext) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """MoE (experts on target tokens) or plain FFN; HOI tokens, when present, take the base FFN separately."""
+        n_main = ctx.layout.n_main
+        main, hoi = (y[:, :n_main], y[:, n_main:]) if ctx.layout.hoi else (y, None)
+        if isinstance(self.ffn, MoEFFN):
+            out, logits = self.ffn(main, ctx.layout.n_target, ctx.experts_on, ctx.run_router)
+            base = self.ffn.ffn_base
+        else:
+            out, logits, base = self.ffn(cast_to(main, self.ffn)), None, self.ffn
+        if hoi is not None:
+            out = torch.cat([out, base(cast_to(hoi, base))], dim=1)
+        return out, logits
