@@ -215,7 +215,7 @@ def remove_lora_unmerged(model: nn.Module) -> list[str]:
         plain = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None, device="meta")
         plain.weight, plain.bias = layer.weight, layer.bias
         _replace(model, name, plain)
-    return names
+    return sorted(names)
 
 
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
