@@ -105,6 +105,10 @@ def _size(n: float) -> str:
     return ""
 
 
+def _count(n: int) -> str:
+    return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.1f} M" if n >= 1e6 else f"{n:,}"
+
+
 def _config_line(cfg: dict) -> str:
     line = (
         f"dim {cfg['dim']} · ffn {cfg['ffn_dim']} · {cfg['num_layers']} layers · {cfg['num_heads']} heads · "
@@ -125,7 +129,7 @@ def format_report(info: dict) -> str:
             f"{_size(info['bytes'])})" + (f", prefix '{info['prefix']}' stripped" if info["prefix"] else ""),
         ),
         ("family", f"{info['family']}: {info['looks_like']}"),
-        ("tensors", f"{info['tensors']} ({info['parameters'] / 1e6:,.1f} M parameters)"),
+        ("tensors", f"{info['tensors']} ({_count(info['parameters'])} parameters)"),
         ("dtypes", ", ".join(f"{k} × {v}" for k, v in info["dtypes"].items())),
         ("parts", ", ".join(k for k, v in info["parts"].items() if v) or "none"),
     ]
@@ -162,7 +166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="FILE",
         help="a .safetensors file, an index.json, any shard of a sharded set, or their folder",
     )
-    parser.add_argument("--against", metavar="BASE", help="check each CoInteract FILE on this Wan2.2-S2V base")
+    parser.add_argument(
+        "--against", metavar="BASE", help="check that each CoInteract FILE loads on this Wan2.2-S2V base"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of the readable report")
     args = parser.parse_args(argv)
     results, seen, failed = [], set(), False
@@ -172,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if tuple(info["files"]) in seen:
                 continue
             seen.add(tuple(info["files"]))
-            if args.against:
+            if args.against and info["family"] == "cointeract":
                 info["check"] = check_against(path, args.against)
                 failed |= not info["check"]["ok"]
         except (ValueError, OSError) as err:
