@@ -1,0 +1,1 @@
+"""CoInteract training: datasets, latent cache, losses, the two-stage loop (accelerate) and the toy world."""
