@@ -207,7 +207,11 @@ def plan_load(
     full_extra = {k: e for k, e in (extra.entries.items() if extra else ()) if not lora_lib.is_lora_key(k)}
     shapes = {**base.shapes(), **{k: e.shape for k, e in full_extra.items()}}
     metadata = {**base.metadata, **(extra.metadata if extra else {})}
-    cfg = _fit_config(cfg, from_state_dict(shapes, metadata))
+    try:
+        inferred = from_state_dict(shapes, metadata)
+    except (ValueError, TypeError, KeyError) as err:
+        raise ValueError(f"{base.name}: cannot infer the model config ({err}); pass cfg=DiTConfig(...)") from err
+    cfg = _fit_config(cfg, inferred)
     model = _build_meta_model(cfg)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     sources = {to_model_key(k, cfg.moe is not None): (base, k) for k in base.entries}

@@ -103,7 +103,7 @@ class LazyStateDict(Mapping):
     """A read-on-access state dict over a subset of a checkpoint's keys (for merging LoRA pair by pair)."""
 
     def __init__(self, ckpt: Checkpoint, keys: Sequence[str] | None = None) -> None:
-        self.ckpt, self.keys_ = ckpt, list(ckpt.entries if keys is None else keys)
+        self.ckpt, self._keys = ckpt, list(ckpt.entries if keys is None else keys)
 
     def __getitem__(self, key: str) -> torch.Tensor:
         if key not in self.ckpt.entries:
@@ -111,13 +111,13 @@ class LazyStateDict(Mapping):
         return self.ckpt.read(key)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.keys_)
+        return iter(self._keys)
 
     def __len__(self) -> int:
-        return len(self.keys_)
+        return len(self._keys)
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
-        return {k: self.ckpt.entries[k].shape for k in self.keys_}
+        return {k: self.ckpt.entries[k].shape for k in self._keys}
 
 
 def _read_entry(entry: TensorEntry, dtype: torch.dtype | None, device: torch.device | str) -> torch.Tensor:
