@@ -1,9 +1,10 @@
-"""Media for training clips: probing (frame count, fps, size, duration) and loading at the training size.
+"""Media for training clips: cheap probing (frame count, fps, size, duration) and loading at the training size.
 
-Frames are uint8 [T, H, W, 3]. Resizing follows the official training (`ImageCropAndResize`): cover scale
-s = max(W/w, H/h), resize to (round(h·s), round(w·s)) with LANCZOS when s < 1 else BILINEAR, center crop at
-offset round((resized − target)/2). The product is resized to fit and padded with black (`ImageResizeAndPad`,
-no /1.25 margin). Audio comes through `cointeract_core.media_audio.load_audio` (16 kHz mono, soxr).
+Frames are uint8 [T, H, W, 3]. Loading goes through the core's media and preprocessing: videos and the person
+are cover-resized and center-cropped as the official training (`preprocess.cover_crop`), the product is fitted
+and padded with black with the training margin 1.0 (`preprocess.fit_product`), audio is 16 kHz mono
+(`media_audio.load_audio`). Probing reads headers (and counts packets when the header has no frame count)
+instead of decoding, so validating a large CSV stays fast.
 """
 
 from __future__ import annotations
@@ -16,15 +17,12 @@ from pathlib import Path
 import av
 import numpy as np
 import torch
-from PIL import Image
 
 __all__ = [
     "VideoInfo",
     "probe_video",
     "probe_audio_seconds",
     "iter_frames",
-    "cover_crop",
-    "fit_pad",
     "load_frames",
     "load_person",
     "load_product",
@@ -78,61 +76,38 @@ def iter_frames(path: str | os.PathLike) -> Iterator[np.ndarray]:
             yield frame.to_ndarray(format="rgb24")
 
 
-def _resample(scale: float) -> Image.Resampling:
-    return Image.Resampling.LANCZOS if scale < 1 else Image.Resampling.BILINEAR
-
-
-def cover_crop(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """uint8 [h, w, 3] -> [height, width, 3]: cover-resize then center crop (official ImageCropAndResize)."""
-    h, w = image.shape[:2]
-    s = max(width / w, height / h)
-    rh, rw = round(h * s), round(w * s)
-    im = Image.fromarray(image)
-    if (rh, rw) != (h, w):
-        im = im.resize((rw, rh), _resample(s))
-    top, left = int(round((rh - height) / 2.0)), int(round((rw - width) / 2.0))
-    return np.array(im.crop((left, top, left + width, top + height)))
-
-
-def fit_pad(image: np.ndarray, height: int, width: int, margin: float = 1.0) -> np.ndarray:
-    """uint8 [h, w, 3] -> [height, width, 3]: resize to fit (scale min(W/w, H/h)/margin), center-pad with black."""
-    h, w = image.shape[:2]
-    s = min(width / w, height / h) / margin
-    nh, nw = max(1, round(h * s)), max(1, round(w * s))
-    im = Image.fromarray(image)
-    if (nh, nw) != (h, w):
-        im = im.resize((nw, nh), _resample(s))
-    out = np.zeros((height, width, 3), np.uint8)
-    top, left = (height - nh) // 2, (width - nw) // 2
-    out[top : top + nh, left : left + nw] = np.asarray(im)
-    return out
+def _uint8(image: torch.Tensor) -> torch.Tensor:
+    """float [..., 3] in [0, 1] holding 8-bit values -> uint8 (exact)."""
+    return (image * 255.0).round().to(torch.uint8)
 
 
 def load_frames(path: str | os.PathLike, count: int, size: tuple[int, int]) -> torch.Tensor:
     """The first `count` frames, cover-cropped to size (H, W) -> uint8 [count, H, W, 3]; ValueError if shorter."""
-    frames = []
-    for frame in iter_frames(path):
-        frames.append(cover_crop(frame, *size))
-        if len(frames) == count:
-            break
-    if len(frames) < count:
-        raise ValueError(f"{Path(path).name} decoded {len(frames)} frames; {count} are needed")
-    return torch.from_numpy(np.stack(frames))
+    from ..cointeract_core.media_video import load_video
+    from ..cointeract_core.preprocess import cover_crop
 
-
-def _read_image(path: str | os.PathLike) -> np.ndarray:
-    with Image.open(path) as im:
-        return np.array(im.convert("RGB"))
+    frames, _ = load_video(path, fps=None, max_frames=count)  # rows are validated to be 25 fps
+    if frames.shape[0] < count:
+        raise ValueError(f"{Path(path).name} decoded {frames.shape[0]} frames; {count} are needed")
+    if tuple(frames.shape[1:3]) == tuple(size):
+        return frames
+    return torch.stack([_uint8(cover_crop(f, *size)) for f in frames])
 
 
 def load_person(path: str | os.PathLike, size: tuple[int, int]) -> torch.Tensor:
-    """Person image, cover-resized and center-cropped -> uint8 [H, W, 3]."""
-    return torch.from_numpy(cover_crop(_read_image(path), *size))
+    """Person image, cover-resized and center-cropped (training) -> uint8 [H, W, 3]."""
+    from ..cointeract_core.media_image import load_image
+    from ..cointeract_core.preprocess import resize_person
+
+    return _uint8(resize_person(load_image(path), *size, mode="cover"))
 
 
 def load_product(path: str | os.PathLike, size: tuple[int, int], margin: float = 1.0) -> torch.Tensor:
     """Product image, resized to fit and padded with black (training margin 1.0) -> uint8 [H, W, 3]."""
-    return torch.from_numpy(fit_pad(_read_image(path), *size, margin))
+    from ..cointeract_core.media_image import load_image
+    from ..cointeract_core.preprocess import fit_product
+
+    return _uint8(fit_product(load_image(path), *size, margin))
 
 
 def load_audio_mono(path: str | os.PathLike, sample_rate: int = 16000, lufs: float | None = -23.0) -> torch.Tensor:

@@ -119,6 +119,12 @@ def kit(tmp_path: Path) -> DatasetKit:
     return DatasetKit(tmp_path / "data")
 
 
+@pytest.fixture(scope="session")
+def kit_factory():
+    """DatasetKit itself, for fixtures of a wider scope: kit_factory(root) -> DatasetKit."""
+    return DatasetKit
+
+
 @pytest.fixture
 def frame_pattern():
     """The deterministic frame pattern the kit writes: pattern(count, H, W, seed) -> uint8 [count, H, W, 3]."""

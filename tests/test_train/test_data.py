@@ -11,7 +11,7 @@ import torch
 
 from comfyui_cointeract.cointeract_core.loudness import integrated_loudness
 from comfyui_cointeract.cointeract_core.media_audio import load_audio
-from comfyui_cointeract.train.clip_media import cover_crop, fit_pad
+from comfyui_cointeract.train.clip_media import load_frames, load_person, load_product
 from comfyui_cointeract.train.data import ClipSpec, RawClipDataset, validate_csv
 from comfyui_cointeract.train.labels import BoxKeyConventionError
 
@@ -46,18 +46,18 @@ def test_no_loudness_normalisation(kit):
     assert torch.equal(ds[0].audio, load_audio(kit.root / "a/audio.wav").waveform)
 
 
-def test_cover_crop_and_fit_pad_geometry():
+def test_person_cover_crop_and_product_pad(kit, tmp_path):
     wide = np.zeros((32, 128, 3), np.uint8)
     wide[:, :64, 0] = 255  # left half red, right half blue
     wide[:, 64:, 2] = 255
-    out = cover_crop(wide, 32, 32)  # s = 1, crop offset 48: cols 48..63 red, 64..79 blue
+    out = load_person(kit.root / kit.image("wide.png", wide), (32, 32)).numpy()  # s = 1, crop offset 48
     assert (out[:, :16, 0] == 255).all() and (out[:, 16:, 2] == 255).all() and (out[:, :16, 2] == 0).all()
-    flat = np.full((64, 48, 3), 77, np.uint8)  # downscale (LANCZOS) keeps a flat image flat
-    assert (cover_crop(flat, 32, 32) == 77).all()
-    padded = fit_pad(np.full((10, 40, 3), 200, np.uint8), 32, 32)  # scale 0.8 -> 8x32, rows 12..19
-    assert (padded[12:20] == 200).all() and padded[:12].max() == 0 and padded[20:].max() == 0
-    small = fit_pad(np.full((10, 40, 3), 200, np.uint8), 32, 32, margin=1.25)  # /1.25 (inference): 6x26
-    assert (small > 0).sum() == 6 * 26 * 3
+    product = load_product(kit.root / kit.image("p.png", np.full((10, 40, 3), 200, np.uint8)), (32, 32)).numpy()
+    assert (product[12:20] == 200).all() and product[:12].max() == 0 and product[20:].max() == 0  # 8x32, no /1.25
+    big = np.broadcast_to((np.arange(90) * 2)[:, None, None, None], (90, 64, 48, 3)).astype(np.uint8)
+    frames = load_frames(kit.root / kit.video("big.mkv", big), 81, (32, 32))  # cover 64x48 -> 43x32, crop
+    assert frames.shape == (81, 32, 32, 3) and frames.dtype == torch.uint8
+    assert (frames.int() - torch.arange(81)[:, None, None, None] * 2).abs().max() <= 1  # first 81, in order
 
 
 def _bad_rows(kit, tmp_path):
