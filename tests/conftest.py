@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DIR = REPO_ROOT.parent / "shared"
 
 
 def _drop_repo_root_from_sys_path() -> None:
@@ -46,11 +45,9 @@ def repo_root() -> Path:
 
 
 @pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    """The project's shared/ folder beside the repository (reference fixtures live in shared/fixtures/)."""
-    if not SHARED_DIR.is_dir():
-        pytest.fail(f"expected the project's shared/ folder at {SHARED_DIR}")
-    return SHARED_DIR
+def fixtures_dir() -> Path:
+    """tests/fixtures: reference runs and the 14B key list, copied from the project's shared/ folder."""
+    return REPO_ROOT / "tests" / "fixtures"
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Shared fixtures for the core tests: tiny configs, randomised models, reference fixtures, input builders."""
+"""Core-test fixtures: `ci_cfg` (the tiny CoInteract preset), `ci_model`, randomised models, reference fixtures, input builders."""
 
 from __future__ import annotations
 
@@ -78,10 +78,10 @@ def wan_fixture() -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture
-def tiny_cfg() -> DiTConfig:
+def ci_cfg() -> DiTConfig:
     return PRESETS["tiny_cointeract"]
 
 
 @pytest.fixture
-def tiny_model(tiny_cfg: DiTConfig) -> CoInteractDiT:
-    return randomize(CoInteractDiT(tiny_cfg)).eval()
+def ci_model(ci_cfg: DiTConfig) -> CoInteractDiT:
+    return randomize(CoInteractDiT(ci_cfg)).eval()

@@ -235,9 +235,9 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
 # ---------------------------------------------------------------------------------------------- families
 
 
-def reference_keys(shared_dir: Path) -> dict[str, list[int]]:
+def reference_keys(fixtures_dir: Path) -> dict[str, list[int]]:
     """Names and shapes of the Wan2.2-S2V-14B state dict (the reference model built on the meta device)."""
-    return json.loads((shared_dir / "reference" / "wan-s2v-14b-keys.json").read_text())
+    return json.loads((fixtures_dir / "wan-s2v-14b-keys.json").read_text())
 
 
 FAMILIES = [
@@ -253,8 +253,8 @@ FAMILIES = [
 ]
 
 
-def _families(shared_dir: Path) -> dict[str, dict[str, tuple[int, ...]]]:
-    s2v = {k: tuple(v) for k, v in reference_keys(shared_dir).items()}
+def _families(fixtures_dir: Path) -> dict[str, dict[str, tuple[int, ...]]]:
+    s2v = {k: tuple(v) for k, v in reference_keys(fixtures_dir).items()}
     audio = ("casual_audio_encoder.", "audio_injector.", "cond_encoder.", "frame_packer.", "trainable_cond_mask.")
     t2v = {k: v for k, v in s2v.items() if not k.startswith(audio)}
     i2v21 = {**t2v, "patch_embedding.weight": (5120, 36, 1, 2, 2), "img_emb.proj.0.bias": (1280,)}
@@ -284,8 +284,8 @@ def _families(shared_dir: Path) -> dict[str, dict[str, tuple[int, ...]]]:
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_detect_family(family, shared_dir):
-    assert ck.detect_family(_families(shared_dir)[family]) == family.strip()
+def test_detect_family(family, fixtures_dir):
+    assert ck.detect_family(_families(fixtures_dir)[family]) == family.strip()
 
 
 def test_base_loader_names_the_family_it_was_given(tmp_path):
@@ -310,16 +310,16 @@ def test_base_loader_names_the_family_it_was_given(tmp_path):
 # ---------------------------------------------------------------------------------------------- 14B key layout
 
 
-def test_14b_preset_has_exactly_the_reference_keys_and_shapes(shared_dir):
+def test_14b_preset_has_exactly_the_reference_keys_and_shapes(fixtures_dir):
     with torch.device("meta"):
         model = CoInteractDiT(PRESETS["14B"])
     got = {k: list(v.shape) for k, v in model.state_dict().items()}
-    assert got == reference_keys(shared_dir)
+    assert got == reference_keys(fixtures_dir)
     assert not list(model.buffers())
 
 
-def test_14b_cointeract_moves_the_ffn_and_adds_the_official_keys(shared_dir):
-    reference = {k: tuple(v) for k, v in reference_keys(shared_dir).items()}
+def test_14b_cointeract_moves_the_ffn_and_adds_the_official_keys(fixtures_dir):
+    reference = {k: tuple(v) for k, v in reference_keys(fixtures_dir).items()}
     with torch.device("meta"):
         got = {k: tuple(v.shape) for k, v in CoInteractDiT(PRESETS["14B_cointeract"]).state_dict().items()}
     moved = {ck.to_model_key(k, True): v for k, v in reference.items()}
@@ -395,13 +395,13 @@ def test_official_files_load_like_the_official_state_dict(tmp_path):
     assert torch.equal(forward(model, cfg), forward(reference, cfg))
 
 
-def test_cointeract_checkpoint_merges_lora_then_loads_moe_and_hoi(tmp_path, tiny_model):
-    tiny_cfg = tiny_model.cfg
-    sd = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+def test_cointeract_checkpoint_merges_lora_then_loads_moe_and_hoi(tmp_path, ci_model):
+    ci_cfg = ci_model.cfg
+    sd = {k: v.clone() for k, v in ci_model.state_dict().items()}
     base, extra = split_official(sd)
     lora = make_lora(sd)
     write_safetensors(tmp_path / "base.safetensors", {f"diffusion_model.{k}": v for k, v in base.items()})
-    ck.save_cointeract_checkpoint({**extra, **lora}, tmp_path / "ci.safetensors", meta_config(tiny_cfg))
+    ck.save_cointeract_checkpoint({**extra, **lora}, tmp_path / "ci.safetensors", meta_config(ci_cfg))
     model = ck.load_dit(
         tmp_path / "base.safetensors", tmp_path / "ci.safetensors", lora_strength=0.7, dtype=torch.float32
     )
@@ -427,38 +427,38 @@ def test_lora_only_checkpoint_builds_without_moe_and_maps_ffn_base(tmp_path):
 
 
 def test_config_asking_for_hoi_is_built_without_it_when_the_file_has_none(tmp_path):
-    tiny_cfg = PRESETS["tiny_cointeract"]
-    sd = random_state(tiny_cfg)
+    ci_cfg = PRESETS["tiny_cointeract"]
+    sd = random_state(ci_cfg)
     base, extra = split_official(sd)
     extra = {k: v for k, v in extra.items() if "depth" not in k}
     write_safetensors(tmp_path / "base.safetensors", base)
     ck.save_cointeract_checkpoint(extra, tmp_path / "ci.safetensors")
-    model = ck.load_dit(tmp_path / "base.safetensors", tmp_path / "ci.safetensors", dtype=torch.float32, cfg=tiny_cfg)
-    assert model.cfg.hoi is None and model.cfg.moe == tiny_cfg.moe and model.cfg.num_heads == tiny_cfg.num_heads
+    model = ck.load_dit(tmp_path / "base.safetensors", tmp_path / "ci.safetensors", dtype=torch.float32, cfg=ci_cfg)
+    assert model.cfg.hoi is None and model.cfg.moe == ci_cfg.moe and model.cfg.num_heads == ci_cfg.num_heads
     assert not hasattr(model, "depth_head")
 
 
 def test_pose_checkpoint_replaces_cond_encoder(tmp_path):
-    tiny_cfg = PRESETS["tiny_cointeract"]
-    sd = random_state(tiny_cfg)
+    ci_cfg = PRESETS["tiny_cointeract"]
+    sd = random_state(ci_cfg)
     base, extra = split_official(sd)
     pose = {"cond_encoder.weight": torch.randn_like(sd["cond_encoder.weight"]), "cond_encoder.bias": torch.zeros(64)}
     write_safetensors(tmp_path / "base.safetensors", base)
-    ck.save_cointeract_checkpoint({**extra, **pose}, tmp_path / "pose.safetensors", meta_config(tiny_cfg))
+    ck.save_cointeract_checkpoint({**extra, **pose}, tmp_path / "pose.safetensors", meta_config(ci_cfg))
     model = ck.load_dit(tmp_path / "base.safetensors", tmp_path / "pose.safetensors", dtype=torch.float32)
     assert torch.equal(model.cond_encoder.weight, pose["cond_encoder.weight"])
 
 
 def test_lora_that_does_not_fit_names_the_key_and_both_shapes(tmp_path):
-    tiny_cfg = PRESETS["tiny_cointeract"]
-    sd = random_state(tiny_cfg)
+    ci_cfg = PRESETS["tiny_cointeract"]
+    sd = random_state(ci_cfg)
     base, extra = split_official(sd)
     big = {
         "blocks.0.self_attn.q.lora_A.default.weight": torch.zeros(2, 5120),
         "blocks.0.self_attn.q.lora_B.default.weight": torch.zeros(5120, 2),
     }
     write_safetensors(tmp_path / "base.safetensors", base)
-    ck.save_cointeract_checkpoint({**extra, **big}, tmp_path / "ci.safetensors", meta_config(tiny_cfg))
+    ck.save_cointeract_checkpoint({**extra, **big}, tmp_path / "ci.safetensors", meta_config(ci_cfg))
     with pytest.raises(
         ValueError,
         match=r"blocks\.0\.self_attn\.q\.lora_A\.default\.weight \[2, 5120\].*"
@@ -484,32 +484,32 @@ def test_strict_load_lists_missing_unexpected_and_mismatched_keys(tmp_path):
     assert "blocks.1.self_attn.q.bias: file [7] vs model [128]" in msg
 
 
-def test_default_dtype_is_bf16_and_every_tensor_is_materialised(tmp_path, tiny_model):
-    tiny_cfg = tiny_model.cfg
-    base, extra = split_official(tiny_model.state_dict())
+def test_default_dtype_is_bf16_and_every_tensor_is_materialised(tmp_path, ci_model):
+    ci_cfg = ci_model.cfg
+    base, extra = split_official(ci_model.state_dict())
     write_safetensors(tmp_path / "base.safetensors", base)
-    ck.save_cointeract_checkpoint(extra, tmp_path / "ci.safetensors", meta_config(tiny_cfg))
+    ck.save_cointeract_checkpoint(extra, tmp_path / "ci.safetensors", meta_config(ci_cfg))
     model = ck.load_dit(tmp_path / "base.safetensors", tmp_path / "ci.safetensors")
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert not any(p.is_meta for p in model.parameters()) and not model.training
-    torch.testing.assert_close(model.head.head.weight, tiny_model.head.head.weight.bfloat16(), rtol=0, atol=0)
+    torch.testing.assert_close(model.head.head.weight, ci_model.head.head.weight.bfloat16(), rtol=0, atol=0)
 
 
-def test_save_then_load_gives_identical_outputs(tmp_path, tiny_model):
-    tiny_cfg = tiny_model.cfg
-    ck.save_dit(tiny_model, tmp_path / "full.safetensors", {"note": "x"})
+def test_save_then_load_gives_identical_outputs(tmp_path, ci_model):
+    ci_cfg = ci_model.cfg
+    ck.save_dit(ci_model, tmp_path / "full.safetensors", {"note": "x"})
     meta = safetensors.safe_open(tmp_path / "full.safetensors", "pt").metadata()
-    assert meta["note"] == "x" and json.loads(meta["cointeract_config"])["num_heads"] == tiny_cfg.num_heads
+    assert meta["note"] == "x" and json.loads(meta["cointeract_config"])["num_heads"] == ci_cfg.num_heads
     model = ck.load_dit(tmp_path / "full.safetensors", dtype=torch.float32)
-    assert model.cfg == tiny_cfg
-    assert_same_state(model, tiny_model.state_dict())
-    assert torch.equal(forward(model, tiny_cfg), forward(tiny_model, tiny_cfg))
+    assert model.cfg == ci_cfg
+    assert_same_state(model, ci_model.state_dict())
+    assert torch.equal(forward(model, ci_cfg), forward(ci_model, ci_cfg))
 
 
-def test_save_dit_refuses_unmerged_lora(tmp_path, tiny_model):
-    lora_lib.apply_lora_unmerged(tiny_model, make_lora(tiny_model.state_dict()))
+def test_save_dit_refuses_unmerged_lora(tmp_path, ci_model):
+    lora_lib.apply_lora_unmerged(ci_model, make_lora(ci_model.state_dict()))
     with pytest.raises(ValueError, match="unmerged LoRA"):
-        ck.save_dit(tiny_model, tmp_path / "x.safetensors")
+        ck.save_dit(ci_model, tmp_path / "x.safetensors")
     assert not list(tmp_path.iterdir())
 
 

@@ -89,9 +89,9 @@ def test_merged_equals_unmerged_and_both_undo(moe, strength):
         torch.testing.assert_close(value, before[key], rtol=0, atol=1e-6)
 
 
-def test_merged_equals_unmerged_on_the_real_tiny_model(tiny_model):
-    cfg = tiny_model.cfg
-    lora = make_lora(tiny_model, rank=3)
+def test_merged_equals_unmerged_on_the_real_tiny_model(ci_model):
+    cfg = ci_model.cfg
+    lora = make_lora(ci_model, rank=3)
     targets = {lora_lib._split(k)[0] for k in lora}
     assert any(".ffn.ffn_base." in t for t in targets) and any(t.startswith("audio_injector.") for t in targets)
     gen = torch.Generator().manual_seed(0)
@@ -105,11 +105,11 @@ def test_merged_equals_unmerged_on_the_real_tiny_model(tiny_model):
         hoi=torch.randn(1, cfg.in_dim, 2, h, w, generator=gen),
         hoi_context=torch.randn(1, 4, cfg.text_dim, generator=gen),
     )
-    merged, unmerged = copy.deepcopy(tiny_model), copy.deepcopy(tiny_model)
+    merged, unmerged = copy.deepcopy(ci_model), copy.deepcopy(ci_model)
     lora_lib.merge_lora(merged, lora, 0.8)
     lora_lib.apply_lora_unmerged(unmerged, lora, 0.8)
     with torch.no_grad():
-        a, b, base = merged(**args), unmerged(**args), tiny_model(**args)
+        a, b, base = merged(**args), unmerged(**args), ci_model(**args)
     for got, ref in ((a.velocity, b.velocity), (a.hoi_velocity, b.hoi_velocity)):
         assert (got - ref).abs().max() <= 1e-5 * max(1.0, ref.std().item())
     assert (a.velocity - base.velocity).abs().max() > 1e-3
