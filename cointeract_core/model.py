@@ -144,6 +144,8 @@ class CoInteractDiT(nn.Module):
 
     def _text(self, context: torch.Tensor) -> torch.Tensor:
         """[B, L, text_dim] -> [B, text_len, D]: zero-pad to text_len first; the padding rows are attended to."""
+        if context.shape[1] > self.cfg.text_len:
+            raise ValueError(f"text context has {context.shape[1]} rows; this model takes at most {self.cfg.text_len}")
         context = F.pad(context, (0, 0, 0, self.cfg.text_len - context.shape[1]))
         return self.text_embedding(cast_to(context, self.text_embedding))
 
