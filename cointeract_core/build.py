@@ -130,7 +130,8 @@ def build_conditioning(
     return Conditioning(
         person=_encode_image(vae, resize_person(person, h, w, opts.person_fit)),
         product=None if product is None else _encode_image(vae, fit_product(product, h, w, opts.product_margin)),
-        product_scale=product_scale, audio=audio,
+        product_scale=product_scale,
+        audio=audio,
         pose=None if pose is None else pose_latents(vae, pose, n_clips, (h, w), opts.clip_frames),
         **texts,
     )

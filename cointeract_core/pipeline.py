@@ -66,8 +66,13 @@ class _ClipSampler:
         self.model, self.cfg, self.opts, self.frames = model, cfg, opts, opts.clip_frames // 4
         dev = next(model.parameters()).device
         audio = cond.audio_window(clip, opts.clip_frames, opts.audio_stride).to(dev)
-        common = dict(person=cond.person.to(dev), product=None if cond.product is None else cond.product.to(dev),
-                      product_scale=cond.product_scale, motion=motion, attention="asymmetric")
+        common = dict(
+            person=cond.person.to(dev),
+            product=None if cond.product is None else cond.product.to(dev),
+            product_scale=cond.product_scale,
+            motion=motion,
+            attention="asymmetric",
+        )
         pose = cond.pose_for(clip)
         common["pose"] = None if pose is None else pose.to(dev)
         self.pos = dict(common, context=cond.prompt(clip).to(dev), audio=audio)
@@ -80,7 +85,9 @@ class _ClipSampler:
     def __call__(self, state: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """state [1, C, F(+F), h, w] (RGB then HOI latents along time) -> guided velocity of the same shape."""
         x, hoi = state[:, :, : self.frames], state[:, :, self.frames :] if self.opts.hoi_preview else None
-        routing = self.opts.router_maps and self.model.cfg.moe is not None and bool(t < self.model.cfg.moe.off_from_timestep)
+        routing = (
+            self.opts.router_maps and self.model.cfg.moe is not None and bool(t < self.model.cfg.moe.off_from_timestep)
+        )
         with torch.no_grad():
             pos = self.model(x, t, hoi=hoi, return_router=routing, **self.pos)
             if routing:

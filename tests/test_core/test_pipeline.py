@@ -30,9 +30,14 @@ def _cond(audio_frames: int = 150, hoi: bool = True) -> Conditioning:
     img = lambda: codec.encode(torch.rand(1, 3, 1, 8, 16, generator=gen) * 2 - 1)  # noqa: E731
     txt = lambda: torch.randn(1, 5, CFG.text_dim, generator=gen)  # noqa: E731
     return Conditioning(
-        person=img(), product=img(), product_scale=0.8, prompts=(txt(), txt()), negative=txt(),
+        person=img(),
+        product=img(),
+        product_scale=0.8,
+        prompts=(txt(), txt()),
+        negative=txt(),
         audio=torch.randn(1, 25, CFG.audio_dim, audio_frames, generator=gen),
-        hoi_prompts=(txt(),) if hoi else None, hoi_negative=txt() if hoi else None,
+        hoi_prompts=(txt(),) if hoi else None,
+        hoi_negative=txt() if hoi else None,
     )
 
 

@@ -36,8 +36,12 @@ def test_oracle_velocity_returns_x0():
     def oracle(x, t):  # v = ε − x0 recovered from x_t = (1−σ)x0 + σε
         return (x - x0) / (t / 1000.0)
 
-    out = sample(oracle, noise, SamplerConfig(steps=12, shift=5.0, quantize_timesteps=False),
-                 callback=lambda i, n, x: seen.append(i))
+    out = sample(
+        oracle,
+        noise,
+        SamplerConfig(steps=12, shift=5.0, quantize_timesteps=False),
+        callback=lambda i, n, x: seen.append(i),
+    )
     assert torch.allclose(out, x0, atol=1e-5) and seen == list(range(1, 13))
 
 

@@ -1,0 +1,266 @@
+"""`cointeract generate` (one video) and `cointeract batch CSV` (the official demos CSV layout).
+
+Every input is validated before anything is written; videos are written to a temporary name and renamed, and a
+JSON sidecar records every setting and seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .build import InputOptions, build_conditioning
+from .heatmaps import overlay_heatmaps
+from .media import load_audio, load_image, load_video, write_video
+from .pipeline import GenerationResult, VideoOptions, generate
+from .sampler import SamplerConfig
+
+__all__ = ["Case", "Engines", "main", "batch_main", "run_case", "load_engines"]
+log = logging.getLogger(__name__)
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One video to make: file paths and prompts (one per clip; the last repeats)."""
+
+    audio: Path
+    person: Path
+    prompts: tuple[str, ...]
+    product: Path | None = None
+    scale: float = 1.0
+    pose: Path | None = None
+
+
+@dataclass
+class Engines:
+    """The loaded models: DiT plus the VideoVAE / TextEncoder / AudioEncoder protocol objects."""
+
+    model: Any
+    vae: Any
+    text: Any
+    audio: Any
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("models (local files; nothing is downloaded)")
+    g.add_argument("--dit", nargs="+", required=True, help="Wan2.2-S2V DiT: single file, any shard, index or folder")
+    g.add_argument("--cointeract", help="CoInteract checkpoint (LoRA + MoE [+ HOI]) merged into the base")
+    g.add_argument("--lora-strength", type=float, default=1.0, help="multiplier on the CoInteract LoRA (official 1.0)")
+    g.add_argument("--vae", required=True, help="Wan2.1_VAE.pth, ComfyUI wan_2.1_vae.safetensors or diffusers folder")
+    g.add_argument("--text-encoder", required=True, help="umT5-XXL: HF folder, ComfyUI umt5_xxl file or Wan .pth")
+    g.add_argument("--tokenizer", help="umT5 tokenizer folder (google/umt5-xxl) if the text encoder has none")
+    g.add_argument("--audio-encoder", required=True, help="wav2vec2 folder or ComfyUI audio_encoders file")
+    g.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="DiT weight dtype")
+    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    g.add_argument("--attention", default="sdpa", help="attention backend: sdpa, xformers, flash_attn or auto")
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("generation")
+    g.add_argument("--height", type=int, default=832, help="frame height in pixels (rounded up to a multiple of 16)")
+    g.add_argument("--width", type=int, default=480, help="frame width in pixels (rounded up to a multiple of 16)")
+    g.add_argument("--clips", type=int, help="at most this many 80-frame clips (default: as long as the audio)")
+    g.add_argument("--seed", type=int, default=0, help="clip r uses seed + r (0 reproduces the official noise)")
+    g.add_argument("--steps", type=int, default=40)
+    g.add_argument("--cfg", type=float, default=7.0)
+    g.add_argument("--shift", type=float, default=7.0)
+    g.add_argument("--float-timesteps", action="store_true", help="do not round timesteps through bf16")
+    g.add_argument("--audio-stride", type=int, default=80, help="audio columns per clip (official code: 81)")
+    g.add_argument("--person-fit", choices=("stretch", "cover"), default="stretch")
+    g.add_argument("--product-margin", type=float, default=1.25, help="official inference 1.25, training 1.0")
+    g.add_argument("--loudness", type=float, help="normalise speech to this LUFS first (training uses -23)")
+    g.add_argument("--negative-prompt", help="replace the official negative prompt")
+    g.add_argument("--allow-silence", action="store_true", help="accept silent audio (the lips will not move)")
+    g.add_argument("--allow-empty-prompt", action="store_true")
+    g.add_argument("--hoi-preview", action="store_true", help="also write the co-generated HOI stream (.hoi.mp4)")
+    g.add_argument("--router-maps", action="store_true", help="also write hand/face router heatmaps (.router.mp4)")
+
+
+def _options(args: argparse.Namespace) -> tuple[SamplerConfig, VideoOptions, InputOptions]:
+    sampler = SamplerConfig(
+        steps=args.steps, shift=args.shift, cfg=args.cfg, seed=args.seed, quantize_timesteps=not args.float_timesteps
+    )
+    video = VideoOptions(
+        audio_stride=args.audio_stride, max_clips=args.clips, hoi_preview=args.hoi_preview, router_maps=args.router_maps
+    )
+    extra = {"negative_prompt": args.negative_prompt} if args.negative_prompt else {}
+    inputs = InputOptions(
+        height=args.height,
+        width=args.width,
+        person_fit=args.person_fit,
+        product_margin=args.product_margin,
+        loudness_lufs=args.loudness,
+        allow_empty_prompt=args.allow_empty_prompt,
+        allow_silence=args.allow_silence,
+        max_clips=args.clips,
+        **extra,
+    )
+    return sampler, video, inputs
+
+
+def load_engines(args: argparse.Namespace) -> Engines:
+    """Load the DiT (+ CoInteract checkpoint) and the three encoders from local files."""
+    from .attention import resolve_backend
+    from .checkpoint import load_dit
+    from .encoders import UMT5TextEncoder, WanVAE, Wav2Vec2Features
+
+    model = load_dit(args.dit, args.cointeract, args.lora_strength, DTYPES[args.dtype], args.device)
+    model.attention_backend = resolve_backend(args.attention)
+    vae = WanVAE.from_file(args.vae, device=args.device)
+    text = UMT5TextEncoder.from_file(args.text_encoder, args.tokenizer, device=args.device)
+    audio = Wav2Vec2Features.from_file(args.audio_encoder, device=args.device)
+    return Engines(model, vae, text, audio)
+
+
+def _progress(label: str):
+    from tqdm import tqdm
+
+    bar = tqdm(desc=label, unit="step", leave=False)
+
+    def callback(step: int, total: int, _x: torch.Tensor) -> None:
+        bar.total = total
+        bar.n = step
+        bar.refresh()
+
+    return callback
+
+
+def run_case(
+    engines: Engines, case: Case, out: Path, sampler: SamplerConfig, video: VideoOptions, inputs: InputOptions
+) -> dict:
+    """Generate one video to `out` (.mp4) plus optional .hoi.mp4 / .router.mp4 and a .json sidecar."""
+    speech = load_audio(case.audio, sample_rate=engines.audio.sample_rate)
+    original = load_audio(case.audio, sample_rate=None, mono=False)
+    cond = build_conditioning(
+        engines.vae,
+        engines.text,
+        engines.audio,
+        load_image(case.person),
+        list(case.prompts),
+        speech.waveform,
+        speech.sample_rate,
+        product=None if case.product is None else load_image(case.product),
+        product_scale=case.scale,
+        pose=None if case.pose is None else load_video(case.pose, fps=25.0)[0],
+        hoi=video.hoi_preview,
+        opts=inputs,
+    )
+    start = time.perf_counter()
+    result = generate(engines.model, engines.vae, cond, sampler, video, _progress(out.name))
+    _write_outputs(result, out, original.waveform, original.sample_rate)
+    sidecar = _sidecar(case, result, sampler, video, inputs, time.perf_counter() - start)
+    out.with_suffix(".json").write_text(json.dumps(sidecar, indent=2))
+    return sidecar
+
+
+def _write_outputs(result: GenerationResult, out: Path, audio: torch.Tensor, rate: int) -> None:
+    write_video(out, result.frames, result.fps, audio, rate)
+    if result.hoi_frames is not None:
+        write_video(out.with_suffix(".hoi.mp4"), result.hoi_frames, result.fps, audio, rate)
+    if result.router_maps is not None:
+        overlay = overlay_heatmaps(result.frames[: result.router_maps.shape[0]], result.router_maps)
+        write_video(out.with_suffix(".router.mp4"), overlay, result.fps, audio, rate)
+
+
+def _sidecar(case, result, sampler, video, inputs, seconds: float) -> dict:
+    def plain(obj: Any) -> Any:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(obj).items()}
+
+    return {
+        "case": plain(case),
+        "sampler": plain(sampler),
+        "video": plain(video),
+        "inputs": plain(inputs),
+        "seeds": result.seeds,
+        "clips": len(result.seeds),
+        "frames": int(result.frames.shape[0]),
+        "audio_frames": result.audio_frames,
+        "seconds": round(seconds, 2),
+    }
+
+
+def _case_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--person", required=True, help="person image (any size; RGBA/grayscale are converted)")
+    p.add_argument("--product", help="product image")
+    p.add_argument("--scale", type=float, default=1.0, help="product RoPE scale (official CSV `scale`)")
+    p.add_argument("--prompt", action="append", required=True, help="prompt; repeat for per-clip prompts")
+    p.add_argument("--audio", required=True, help="speech (wav/mp3/m4a/flac; any rate, any channel count)")
+    p.add_argument("--pose-video", help="pose video (resampled to 25 fps), as with checkpoint_pose.safetensors")
+    p.add_argument("--out", required=True, help="output .mp4")
+
+
+def main(argv: list[str] | None = None, engines: Engines | None = None) -> int:
+    """`cointeract generate`: one person + product + prompt(s) + speech -> an mp4 with sound."""
+    parser = argparse.ArgumentParser(prog="cointeract generate", description=main.__doc__)
+    _case_parser(parser)
+    if engines is None:
+        _add_model_args(parser)
+    _add_run_args(parser)
+    args = parser.parse_args(argv)
+    case = Case(
+        audio=Path(args.audio),
+        person=Path(args.person),
+        prompts=tuple(args.prompt),
+        product=Path(args.product) if args.product else None,
+        scale=args.scale,
+        pose=Path(args.pose_video) if args.pose_video else None,
+    )
+    engines = engines or load_engines(args)
+    run_case(engines, case, Path(args.out), *_options(args))
+    return 0
+
+
+def read_demo_csv(path: Path) -> list[Case]:
+    """Rows of the official demos CSV (audio, person_image, prompt[, product_image, prompt2, prompt3, scale,
+    pose_video]); relative paths resolve against the CSV's folder."""
+    base = path.parent
+    cases = []
+    with path.open(newline="", encoding="utf-8") as f:
+        for i, row in enumerate(csv.DictReader(f), start=2):
+            missing = [c for c in ("audio", "person_image", "prompt") if not (row.get(c) or "").strip()]
+            if missing:
+                raise ValueError(f"{path.name} line {i}: missing {', '.join(missing)}")
+            keys = ("product_image", "prompt2", "prompt3", "scale", "pose_video")
+            opt = {k: (row.get(k) or "").strip() for k in keys}
+            cases.append(
+                Case(
+                    audio=base / row["audio"].strip(),
+                    person=base / row["person_image"].strip(),
+                    prompts=tuple(p for p in (row["prompt"].strip(), opt["prompt2"], opt["prompt3"]) if p),
+                    product=base / opt["product_image"] if opt["product_image"] else None,
+                    scale=float(opt["scale"]) if opt["scale"] else 1.0,
+                    pose=base / opt["pose_video"] if opt["pose_video"] else None,
+                )
+            )
+    return cases
+
+
+def batch_main(argv: list[str] | None = None, engines: Engines | None = None) -> int:
+    """`cointeract batch CSV`: generate every row, skipping outputs that already exist."""
+    parser = argparse.ArgumentParser(prog="cointeract batch", description=batch_main.__doc__)
+    parser.add_argument("csv", help="the official demos CSV layout")
+    parser.add_argument("--out-dir", required=True, help="outputs are written as <audio stem>.mp4 here")
+    if engines is None:
+        _add_model_args(parser)
+    _add_run_args(parser)
+    args = parser.parse_args(argv)
+    cases = read_demo_csv(Path(args.csv))
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    todo = [c for c in cases if not (out_dir / f"{c.audio.stem}.mp4").exists()]
+    log.info("%d rows, %d already done", len(cases), len(cases) - len(todo))
+    if todo:
+        engines = engines or load_engines(args)
+    for case in todo:
+        run_case(engines, case, out_dir / f"{case.audio.stem}.mp4", *_options(args))
+    return 0
