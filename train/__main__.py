@@ -1,0 +1,66 @@
+"""Training entry point: `cointeract train CONFIG`, `python -m comfyui_cointeract.train CONFIG`, and
+`accelerate launch -m comfyui_cointeract.train CONFIG`.
+
+Every field of the TOML config can be overridden: `--set stages.1.lr=2e-5 --set loss.preset=paper`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+log = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cointeract train",
+        description="Two-stage CoInteract training (stage 1 full attention, stage 2 asymmetric) from a TOML config. "
+        "Multi-GPU: accelerate launch [--config_file train/accelerate_configs/ddp.yaml] -m comfyui_cointeract.train "
+        "CONFIG. Re-running with the same runtime.output_dir resumes from the newest checkpoint.",
+    )
+    parser.add_argument("config", help="TOML training config (see train/example_config.toml)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set stages.0.steps=100 (repeatable; values in TOML syntax)",
+    )
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse arguments, load and validate the config, train; returns the exit code."""
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .config import load_config  # noqa: PLC0415 - keep `--help` fast
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"cointeract train: {err}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(json.dumps(dataclasses.asdict(cfg), indent=2))
+        return 0
+    from .loop import TrainingDiverged, train  # noqa: PLC0415 - imports torch, accelerate and peft
+
+    try:
+        result = train(cfg)
+    except TrainingDiverged as err:
+        log.error("%s", err)
+        return 1
+    log.info("done: %d steps; exports %s", result.steps, ", ".join(str(p) for p in result.exports))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

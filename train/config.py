@@ -1,0 +1,358 @@
+"""Training configuration: frozen dataclasses, loss presets, TOML loading with validation and `--set` overrides.
+
+One TOML file describes a whole run (see `example_config.toml`); every field can be overridden from the command
+line with `--set a.b=c` (`--set stages.1.lr=2e-5`, `--set loss.preset=paper`). The two stages are data
+(`StageConfig`), run back to back by `loop.train`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+__all__ = [
+    "ModelConfig",
+    "LoRAConfig",
+    "SyntheticConfig",
+    "DataConfig",
+    "DropoutConfig",
+    "LossConfig",
+    "LOSS_PRESETS",
+    "OptimConfig",
+    "StageConfig",
+    "RuntimeConfig",
+    "TrainConfig",
+    "OFFICIAL_LORA_TARGETS",
+    "OFFICIAL_TRAINABLE",
+    "load_config",
+    "config_from_dict",
+    "apply_override",
+    "train_config_to_json",
+]
+
+# PEFT suffix targets of the official train.sh. The suffix match also hits the audio injectors' q/k/v/o (official).
+OFFICIAL_LORA_TARGETS = ("q", "k", "v", "o", "ffn.ffn_base.0", "ffn.ffn_base.2")
+# Regexes searched in parameter names: LoRA factors, MoE router/experts and the HOI `depth_*` modules in full.
+OFFICIAL_TRAINABLE = (
+    r"\.lora_[AB]\.",
+    r"\.ffn\.(router|hand_expert|face_expert|base_expert)\.",
+    r"(^|\.)depth_",
+)
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Where the DiT comes from: Wan2.2-S2V base files (+ a CoInteract checkpoint to start from), or a random preset."""
+
+    preset: str = "14B_cointeract"  # architecture when `base` is empty; expert size / HOI when it is not
+    base: tuple[str, ...] = ()  # Wan2.2-S2V weights (file, shards or index); empty = random init (smoke tests)
+    cointeract: str = ""  # a CoInteract checkpoint to start from: its LoRA initialises the adapter, MoE/HOI load
+    init_seed: int = 0  # random init of `preset` when `base` is empty
+    base_dtype: Literal["fp32", "bf16", "fp16"] = "bf16"  # frozen weights; trainable ones are always fp32
+    attention_backend: str = "auto"
+    gradient_checkpointing: bool = True
+
+
+@dataclass(frozen=True)
+class LoRAConfig:
+    """PEFT LoRA on the frozen base (official: rank 128, alpha 128, q/k/v/o + both base-FFN linears)."""
+
+    rank: int = 128
+    alpha: float = 128.0
+    targets: tuple[str, ...] = OFFICIAL_LORA_TARGETS
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check(self.rank > 0 and self.alpha > 0, f"lora.rank and lora.alpha must be > 0, got {self.rank}, {self.alpha}")
+        _check(bool(self.targets), "lora.targets is empty; the official targets are " + str(OFFICIAL_LORA_TARGETS))
+        _check(0 <= self.dropout < 1, f"lora.dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """Random TrainSamples with learnable router labels (`data.kind = "synthetic"`): smoke tests, no files."""
+
+    num_samples: int = 16
+    frames: int = 2  # latent frames of the target
+    height: int = 8  # latent height (pixels / 8)
+    width: int = 8
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Training samples: the latent cache (`kind = "cache"`, `path`) or generated ones (`kind = "synthetic"`)."""
+
+    kind: Literal["cache", "synthetic"] = "cache"
+    path: str = ""
+    batch_size: int = 1  # per process and micro-step (official: 1); samples of a batch must have equal shapes
+    shuffle: bool = True
+    num_workers: int = 0
+    synthetic: SyntheticConfig = SyntheticConfig()
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size >= 1, f"data.batch_size must be >= 1, got {self.batch_size}")
+        _check(self.kind != "cache" or bool(self.path), "data.path is empty; point it at the latent cache folder")
+
+
+@dataclass(frozen=True)
+class DropoutConfig:
+    """Per-sample condition dropout (official): prompt -> empty prompt, audio -> zero features, motion, pose."""
+
+    prompt: float = 0.1
+    audio: float = 0.1
+    motion: float = 0.4  # dropped motion: no motion tokens, the target is `target_alone`
+    pose: float = 0.5
+
+    def __post_init__(self) -> None:
+        for name in ("prompt", "audio", "motion", "pose"):
+            p = getattr(self, name)
+            _check(0.0 <= p <= 1.0, f"dropout.{name} must be a probability in [0, 1], got {p}")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """L = w(t)·MSE_rgb + hoi_weight·w(t)·MSE_hoi + router_weight·CE_router (official weights 0.5 / 0.05)."""
+
+    hoi_weight: float = 0.5
+    router_weight: float = 0.05
+    shift: float = 5.0  # training schedule shift (official train_shift)
+    num_timesteps: int = 1000
+    timestep_weighting: bool = True  # the official w(t); False: w = 1
+    quantize_timestep: bool = True  # official: the sampled timestep is cast to bf16, sigma / w(t) follow it
+
+    def __post_init__(self) -> None:
+        _check(self.hoi_weight >= 0 and self.router_weight >= 0, "loss weights must be >= 0")
+        _check(self.shift > 0 and self.num_timesteps >= 2, "loss.shift must be > 0 and loss.num_timesteps >= 2")
+
+
+LOSS_PRESETS: dict[str, LossConfig] = {
+    "official": LossConfig(hoi_weight=0.5, router_weight=0.05),  # train.py / pipeline code
+    "paper": LossConfig(hoi_weight=1.0, router_weight=1.0),  # arXiv 2604.19636 (lambda_h = eta = 1)
+}
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with warmup + cosine (or constant, or the official ConstantLR: 1/3 for 5 steps), clipping."""
+
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # max global grad norm; 0 disables
+    schedule: Literal["cosine", "constant", "official"] = "cosine"
+    warmup_steps: int = 100  # per stage (cosine, constant)
+    min_lr_ratio: float = 0.0  # cosine floor, as a fraction of the stage lr
+    gradient_accumulation_steps: int = 1
+    reset_between_stages: bool = True  # fresh AdamW moments at a stage start (official stage 2 is a new run)
+
+    def __post_init__(self) -> None:
+        _check(self.warmup_steps >= 0 and self.gradient_accumulation_steps >= 1, "optim: bad warmup / accumulation")
+        _check(0 <= self.min_lr_ratio <= 1, f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """One training stage, as data: attention mode, length, lr, what trains, whether the HOI stream is co-generated."""
+
+    name: str
+    attention: Literal["full", "asymmetric"]
+    steps: int
+    lr: float = 1e-5
+    trainable: tuple[str, ...] = OFFICIAL_TRAINABLE  # regexes searched in parameter names
+    hoi: bool = True  # co-generate the HOI stream when the sample has HOI latents
+    loss: LossConfig | None = None  # None: the run's [loss]
+
+    def __post_init__(self) -> None:
+        _check(self.steps >= 1, f"stage {self.name!r}: steps must be >= 1, got {self.steps}")
+        _check(self.lr > 0, f"stage {self.name!r}: lr must be > 0, got {self.lr}")
+        _check(bool(self.trainable), f"stage {self.name!r}: trainable is empty, nothing would train")
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Output folder, precision, checkpoint cadence, resume."""
+
+    output_dir: str = "runs/cointeract"
+    seed: int = 0
+    mixed_precision: Literal["no", "bf16", "fp16"] = "bf16"
+    checkpoint_every: int = 500  # optimizer steps; a checkpoint is also written at every stage end
+    keep_last: int = 3  # periodic checkpoints (and their exports) kept; stage-final exports are always kept
+    export_dtype: Literal["fp32", "bf16"] = "fp32"
+    resume: Literal["auto", "never"] = "auto"  # auto: continue from the newest complete checkpoint in output_dir
+    progress: bool = True
+    cpu: bool = False  # force CPU even when a GPU is visible
+
+    def __post_init__(self) -> None:
+        _check(self.checkpoint_every >= 1 and self.keep_last >= 1, "runtime.checkpoint_every and keep_last >= 1")
+
+
+DEFAULT_STAGES = (
+    StageConfig("stage1", "full", 5000),  # paper: 5K iterations with full attention
+    StageConfig("stage2", "asymmetric", 2000),  # paper: 2K iterations with asymmetric attention
+)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A whole two-stage run."""
+
+    data: DataConfig  # required: training on generated data is never a silent default
+    model: ModelConfig = ModelConfig()
+    lora: LoRAConfig = LoRAConfig()
+    dropout: DropoutConfig = DropoutConfig()
+    loss: LossConfig = LOSS_PRESETS["official"]
+    optim: OptimConfig = OptimConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+    stages: tuple[StageConfig, ...] = DEFAULT_STAGES
+
+    def __post_init__(self) -> None:
+        _check(bool(self.stages), "stages is empty; give at least one [[stages]] table")
+        names = [s.name for s in self.stages]
+        _check(len(set(names)) == len(names), f"stage names must be unique, got {names}")
+
+    def stage_loss(self, stage: StageConfig) -> LossConfig:
+        return stage.loss or self.loss
+
+    @property
+    def total_steps(self) -> int:
+        return sum(s.steps for s in self.stages)
+
+
+# ---------------------------------------------------------------------------------------------- TOML
+
+
+def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> TrainConfig:
+    """Read a TOML file, apply `a.b=c` overrides, validate -> TrainConfig (errors name the offending key)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"training config {path} does not exist")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"{path} is not valid TOML: {err}") from err
+    for text in overrides:
+        apply_override(raw, text)
+    return config_from_dict(raw)
+
+
+def _parse_value(text: str) -> Any:
+    """A TOML value (`2e-5`, `true`, `["q", "k"]`, `"x"`); anything else is taken as a bare string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_override(raw: dict, text: str) -> None:
+    """In place: `stages.1.lr=2e-5` sets raw["stages"][1]["lr"]; missing tables are created."""
+    key, sep, value = text.partition("=")
+    _check(bool(sep) and bool(key.strip()), f"override {text!r} must look like section.field=value")
+    parts = key.strip().split(".")
+    if parts[0] == "stages" and "stages" not in raw:
+        raw["stages"] = [_stage_dict(s) for s in DEFAULT_STAGES]
+    node: Any = raw
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            _check(part.isdigit() and int(part) < len(node), f"override {text!r}: no item {part} in {parts[i - 1]}")
+            node = node[int(part)]
+        else:
+            node = node.setdefault(part, {})
+            _check(isinstance(node, (dict, list)), f"override {text!r}: {'.'.join(parts[: i + 1])} is not a table")
+    last = parts[-1]
+    if isinstance(node, list):
+        _check(last.isdigit() and int(last) < len(node), f"override {text!r}: no item {last}")
+        node[int(last)] = _parse_value(value.strip())
+    else:
+        node[last] = _parse_value(value.strip())
+
+
+def _stage_dict(stage: StageConfig) -> dict:
+    return {k: v for k, v in dataclasses.asdict(stage).items() if v is not None}
+
+
+def _resolve_loss(raw: Any, where: str) -> Any:
+    """`preset = "paper"` plus explicit fields -> the preset's fields updated by the explicit ones."""
+    if not isinstance(raw, dict) or "preset" not in raw:
+        return raw
+    raw = dict(raw)
+    name = raw.pop("preset")
+    _check(name in LOSS_PRESETS, f"{where}.preset = {name!r}; choose one of {sorted(LOSS_PRESETS)}")
+    return {**dataclasses.asdict(LOSS_PRESETS[name]), **raw}
+
+
+def config_from_dict(raw: dict) -> TrainConfig:
+    """Build and validate a TrainConfig from plain data (TOML tables / JSON)."""
+    raw = dict(raw)
+    _check("data" in raw, 'the [data] table is missing; set data.kind ("cache" or "synthetic") and data.path')
+    if "loss" in raw:
+        raw["loss"] = _resolve_loss(raw["loss"], "loss")
+    if "stages" in raw:
+        _check(isinstance(raw["stages"], list), "stages must be an array of tables ([[stages]])")
+        raw["stages"] = [
+            {**s, "loss": _resolve_loss(s["loss"], f"stages.{i}.loss")} if isinstance(s, dict) and "loss" in s else s
+            for i, s in enumerate(raw["stages"])
+        ]
+    return _build(TrainConfig, raw, "config")
+
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    _check(isinstance(raw, dict), f"{where} must be a table, got {type(raw).__name__} {raw!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - known)
+    _check(not unknown, f"unknown key(s) {unknown} in {where}; valid keys: {sorted(known)}")
+    kwargs = {name: _convert(value, hints[name], f"{where}.{name}") for name, value in raw.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as err:  # a required field is missing
+        raise ValueError(f"{where}: {err}") from err
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    """Check / convert one value against a field's type hint."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(value, inner, where)
+    if origin is Literal:
+        _check(value in args, f"{where} = {value!r}; choose one of {list(args)}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where)
+    if origin is tuple:
+        _check(isinstance(value, (list, tuple)), f"{where} must be an array, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(v, args[0], f"{where}.{i}") for i, v in enumerate(value))
+        _check(len(value) == len(args), f"{where} must have {len(args)} items, got {value!r}")
+        return tuple(_convert(v, a, f"{where}.{i}") for i, (v, a) in enumerate(zip(value, args)))
+    if tp is float:
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool), f"{where} must be a number: {value!r}")
+        return float(value)
+    if tp in (int, bool, str):
+        _check(type(value) is tp, f"{where} must be {tp.__name__}, got {type(value).__name__} {value!r}")
+        return value
+    raise TypeError(f"{where}: unsupported field type {tp}")  # a bug in this file, not in the user's config
+
+
+def train_config_to_json(cfg: TrainConfig) -> str:
+    """The resolved config as JSON (stored beside checkpoints and in export metadata)."""
+    return json.dumps(dataclasses.asdict(cfg), sort_keys=True)

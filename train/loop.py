@@ -1,0 +1,417 @@
+"""Two-stage CoInteract training on accelerate: one process, DDP, FSDP or DeepSpeed, from an accelerate config.
+
+Reads top to bottom like DiT's train.py: accelerator -> model (frozen base + PEFT LoRA + MoE / HOI in full) ->
+data -> AdamW + LR schedule -> resume -> the loop over global steps, where the stage (attention mode, lr,
+trainable set, HOI stream) is looked up as data -> metrics, atomic checkpoints, official-layout exports.
+
+Every random choice for a sample (condition dropout, timestep, noise) comes from a generator seeded by
+(seed, step, global slot), and the sample order is a fixed stream, so a resumed run repeats an uninterrupted one
+exactly, and N processes see the same samples and noise as one process with N-fold gradient accumulation.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Sampler
+
+from ..cointeract_core.model import DiTOutput
+from .builders import DTYPES, build_dataset, build_model, load_start_checkpoint
+from .checkpoints import (
+    RunState,
+    keep_trainable_only,
+    latest_checkpoint,
+    prune_checkpoints,
+    read_meta,
+    remove_stale,
+    save_checkpoint,
+)
+from .config import LossConfig, TrainConfig, train_config_to_json
+from .export import export_state_dict
+from .lora_peft import inject_lora
+from .losses import FlowSchedule, LossParts, flow_loss, router_counts, router_loss, router_summary, total_loss
+from .metrics import MetricsLog, peak_memory_mb
+from .sample import TrainSample
+from .stages import Batch, StageSpan, drop_frozen_grads, make_batch, set_trainable, stage_at, stage_spans
+
+log = logging.getLogger(__name__)
+
+__all__ = ["train", "TrainResult", "TrainingDiverged", "compute_losses", "lr_at", "sample_generator", "StepIndices"]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradient became NaN / inf; the last good checkpoint is kept."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    output_dir: Path
+    steps: int  # optimizer steps completed
+    exports: tuple[Path, ...]  # stage-final exports, in stage order
+    last_checkpoint: Path | None
+
+
+def train(cfg: TrainConfig, dataset: Sequence[TrainSample] | None = None) -> TrainResult:
+    """Run every stage of `cfg`, resuming from the newest checkpoint in runtime.output_dir when there is one."""
+    accelerator = _make_accelerator(cfg)
+    out = Path(cfg.runtime.output_dir)
+    torch.manual_seed(cfg.runtime.seed)
+
+    # Model: frozen base (+ LoRA through peft), MoE router / experts and HOI modules trained in full.
+    model = build_model(cfg.model)
+    inject_lora(model, cfg.lora)
+    if cfg.model.cointeract:
+        load_start_checkpoint(model, cfg.model.cointeract, cfg.lora)
+    stage_params = set_trainable(model, cfg.stages)
+    _cast_params(model, DTYPES[cfg.model.base_dtype])
+    model.gradient_checkpointing = cfg.model.gradient_checkpointing
+    model.train()
+    trainable = sorted(n for n, p in model.named_parameters() if p.requires_grad)
+    log.info(
+        "trainable: %d tensors, %.2fM parameters",
+        len(trainable),
+        sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6,
+    )
+
+    # Data: a fixed stream of sample indices; each optimizer step takes the next global batch.
+    dataset = build_dataset(cfg.data, model.cfg) if dataset is None else dataset
+    spans = stage_spans(cfg.stages)
+
+    # Optimizer and schedule (the lambda returns the absolute lr of the step's stage; base lr is 1).
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        params, lr=1.0, betas=cfg.optim.betas, eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_at, cfg))
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    state = RunState()
+    accelerator.register_for_checkpointing(state)
+    accelerator.register_save_state_pre_hook(keep_trainable_only)
+
+    start = _resume(accelerator, cfg, out / "checkpoints", state, trainable)
+    metrics = MetricsLog(out / "metrics.jsonl", accelerator.is_main_process)
+    metrics.truncate(start)
+    loader = iter(_loader(dataset, cfg, accelerator, start))
+    schedule = {s.name: FlowSchedule(cfg.stage_loss(s)) for s in cfg.stages}
+    progress = _progress_bar(cfg, accelerator, start)
+    last = latest_checkpoint(out / "checkpoints")
+
+    for step in range(start, cfg.total_steps):
+        span = stage_at(spans, step)
+        if step == span.start and span.index > 0 and cfg.optim.reset_between_stages:
+            optimizer.optimizer.state.clear()  # a stage starts with fresh AdamW moments, as a new official run
+        micro = next(loader)
+        record = _train_step(
+            accelerator,
+            model,
+            optimizer,
+            scheduler,
+            micro,
+            step,
+            span,
+            cfg,
+            schedule[span.stage.name],
+            stage_params[span.stage.name],
+        )
+        state.step, state.stage = step + 1, span.stage.name
+        metrics.write(record)
+        progress.update(1)
+        progress.set_postfix(stage=span.stage.name, loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
+        if (step + 1) % cfg.runtime.checkpoint_every == 0 or step + 1 == span.end:
+            last = _checkpoint(accelerator, model, cfg, out, state, trainable, final=step + 1 == span.end)
+    progress.close()
+    exports = tuple(out / "exports" / f"{s.name}-final.safetensors" for s in cfg.stages)
+    return TrainResult(out, state.step if start < cfg.total_steps else start, exports, last)
+
+
+# ---------------------------------------------------------------------------------------------- setup
+
+
+def _make_accelerator(cfg: TrainConfig):
+    from accelerate import Accelerator  # noqa: PLC0415 - heavy, training only
+    from accelerate.utils import DistributedDataParallelKwargs  # noqa: PLC0415
+
+    # Unused parameters are normal: experts are off at t >= 900, HOI / pose may be absent in a step.
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+    accelerator = Accelerator(
+        mixed_precision=cfg.runtime.mixed_precision,
+        cpu=cfg.runtime.cpu,
+        step_scheduler_with_optimizer=False,
+        kwargs_handlers=[ddp],
+    )
+    log.info(
+        "accelerate: %s, %d process(es), device %s, mixed precision %s",
+        accelerator.distributed_type,
+        accelerator.num_processes,
+        accelerator.device,
+        accelerator.mixed_precision,
+    )
+    return accelerator
+
+
+@torch.no_grad()
+def _cast_params(model: nn.Module, base_dtype: torch.dtype) -> None:
+    """Frozen weights in the base dtype, trainable ones in fp32 (AdamW on fp32 master weights)."""
+    for p in model.parameters():
+        p.data = p.data.float() if p.requires_grad else p.data.to(base_dtype)
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """Absolute lr at global optimizer step `step`: the stage's lr times its warmup / cosine / official factor."""
+    span = stage_at(stage_spans(cfg.stages), min(step, cfg.total_steps - 1))
+    s, n, o = step - span.start, span.stage.steps, cfg.optim
+    if o.schedule == "official":  # torch ConstantLR defaults: factor 1/3 for the first 5 steps
+        return span.stage.lr * (1 / 3 if s < 5 else 1.0)
+    if s < o.warmup_steps:
+        return span.stage.lr * (s + 1) / (o.warmup_steps + 1)
+    if o.schedule == "constant":
+        return span.stage.lr
+    progress = (s - o.warmup_steps) / max(1, n - o.warmup_steps)
+    return span.stage.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _seeded(*entropy: int) -> torch.Generator:
+    words = np.random.SeedSequence(list(entropy)).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(words[0]) << 32 | int(words[1]))
+
+
+def sample_generator(seed: int, step: int, slot: int) -> torch.Generator:
+    """The generator of global sample slot `slot` at optimizer step `step` (independent of process layout)."""
+    return _seeded(seed, 0, step, slot)
+
+
+class StepIndices(Sampler):
+    """Dataset indices of this process for each optimizer step from `start`: the step's slice of a fixed stream.
+
+    Global slot j = (micro_step·world + rank)·batch + b of step s reads stream position s·G + j (G = global batch);
+    the stream is one permutation per epoch (seeded) or the identity.
+    """
+
+    def __init__(self, n: int, cfg: TrainConfig, world: int, rank: int, start: int) -> None:
+        self.n, self.seed, self.shuffle = n, cfg.runtime.seed, cfg.data.shuffle
+        self.world, self.rank, self.start, self.total = world, rank, start, cfg.total_steps
+        self.batch, self.accum = cfg.data.batch_size, cfg.optim.gradient_accumulation_steps
+        self._perm: tuple[int, torch.Tensor] | None = None
+
+    def __len__(self) -> int:
+        return self.total - self.start
+
+    def index(self, position: int) -> int:
+        epoch, offset = divmod(position, self.n)
+        if not self.shuffle:
+            return offset
+        if self._perm is None or self._perm[0] != epoch:
+            self._perm = (epoch, torch.randperm(self.n, generator=_seeded(self.seed, 1, epoch)))
+        return int(self._perm[1][offset])
+
+    def __iter__(self):
+        g = self.world * self.accum * self.batch
+        for step in range(self.start, self.total):
+            slots = [
+                (m * self.world + self.rank) * self.batch + b for m in range(self.accum) for b in range(self.batch)
+            ]
+            yield [self.index(step * g + j) for j in slots]
+
+
+def _as_list(samples: list) -> list:
+    return samples
+
+
+def _loader(dataset: Sequence[TrainSample], cfg: TrainConfig, accelerator, start: int) -> DataLoader:
+    sampler = StepIndices(len(dataset), cfg, accelerator.num_processes, accelerator.process_index, start)
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=_as_list, num_workers=cfg.data.num_workers)
+
+
+def _progress_bar(cfg: TrainConfig, accelerator, start: int):
+    from tqdm.auto import tqdm  # noqa: PLC0415
+
+    enabled = cfg.runtime.progress and accelerator.is_main_process
+    return tqdm(total=cfg.total_steps, initial=start, disable=not enabled, desc="train", dynamic_ncols=True)
+
+
+def _resume(accelerator, cfg: TrainConfig, root: Path, state: RunState, trainable: list[str]) -> int:
+    """Load the newest complete checkpoint (model part, optimizer, scheduler, RNG, position); returns its step."""
+    if accelerator.is_main_process:
+        remove_stale(root)
+    accelerator.wait_for_everyone()
+    latest = latest_checkpoint(root)
+    if latest is None:
+        return 0
+    if cfg.runtime.resume == "never":
+        raise ValueError(
+            f'{root} already holds checkpoints (newest {latest.name}); set runtime.resume = "auto" '
+            "to continue that run, or choose a new runtime.output_dir"
+        )
+    meta = read_meta(latest)
+    if meta["trainable"] != trainable:
+        raise ValueError(
+            f"{latest} was written for a different set of trainable weights (lora / stages changed); "
+            "use the original config or a new runtime.output_dir"
+        )
+    accelerator.load_state(str(latest), strict=False)
+    log.info("resumed from %s (step %d, stage %s)", latest, state.step, state.stage)
+    return state.step
+
+
+# ---------------------------------------------------------------------------------------------- one step
+
+
+def _forward(model: nn.Module, batch: Batch, span: StageSpan) -> DiTOutput:
+    return model(
+        batch.x,
+        batch.timestep,
+        batch.context,
+        batch.audio,
+        batch.person,
+        product=batch.product,
+        product_scale=batch.product_scale,
+        motion=batch.motion,
+        pose=batch.pose,
+        hoi=batch.hoi,
+        hoi_context=batch.hoi_context,
+        attention=span.stage.attention,
+        return_router=True,
+    )
+
+
+def compute_losses(out: DiTOutput, batch: Batch, cfg: LossConfig) -> LossParts:
+    """Flow (RGB), HOI (when co-generated) and router losses of one forward, combined with the stage's weights."""
+    flow = flow_loss(out.velocity, batch.velocity, batch.weight)
+    hoi = flow_loss(out.hoi_velocity, batch.hoi_velocity, batch.weight) if batch.hoi is not None else None
+    router = (
+        router_loss(out.router_logits, batch.router_targets, batch.router_weights)
+        if out.router_logits is not None
+        else flow.new_zeros(())
+    )
+    return total_loss(flow, router, hoi, cfg)
+
+
+def _train_step(
+    accelerator,
+    model,
+    optimizer,
+    scheduler,
+    samples: list,
+    step: int,
+    span: StageSpan,
+    cfg: TrainConfig,
+    schedule: FlowSchedule,
+    keep: set[str],
+) -> dict:
+    """Forward / backward over the step's micro-batches, then clip, check, optimizer step; returns the record."""
+    t0 = time.perf_counter()
+    accum, bs = cfg.optim.gradient_accumulation_steps, cfg.data.batch_size
+    sums = torch.zeros(4, dtype=torch.float64)  # total, flow, router, hoi
+    counts = torch.zeros(6, dtype=torch.float64)  # router hits per class, labelled tokens per class
+    tokens, timesteps = 0, []
+    for m in range(accum):
+        part = samples[m * bs : (m + 1) * bs]
+        slots = [(m * accelerator.num_processes + accelerator.process_index) * bs + b for b in range(len(part))]
+        gens = [sample_generator(cfg.runtime.seed, step, j) for j in slots]
+        batch = make_batch(part, gens, schedule, cfg.dropout, span.stage).to(accelerator.device)
+        with nullcontext() if m == accum - 1 else accelerator.no_sync(model):
+            out = _forward(model, batch, span)
+            parts = compute_losses(out, batch, cfg.stage_loss(span.stage))
+            accelerator.backward(parts.total / accum)
+        hoi = parts.hoi.detach() if parts.hoi is not None else torch.zeros(())
+        sums += torch.stack([parts.total.detach(), parts.flow.detach(), parts.router.detach(), hoi]).double().cpu()
+        if out.router_logits is not None:
+            counts += torch.cat(router_counts(out.router_logits.detach(), batch.router_targets)).cpu()
+        tokens += batch.router_targets.shape[0] * batch.router_targets.shape[1]
+        timesteps += batch.timestep.tolist()
+    drop_frozen_grads(accelerator.unwrap_model(model), keep)
+    grad_norm = _clip(accelerator, model, cfg.optim.grad_clip)
+    sums = accelerator.reduce(sums.to(accelerator.device) / accum, "mean").cpu()
+    _stop_if_not_finite(accelerator, sums, grad_norm, step, cfg)
+    lr = scheduler.get_last_lr()[0]
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    counts = accelerator.reduce(counts.to(accelerator.device), "sum").cpu()
+    elapsed = time.perf_counter() - t0
+    return {
+        "step": step + 1,
+        "stage": span.stage.name,
+        "stage_step": step + 1 - span.start,
+        "loss": float(sums[0]),
+        "flow": float(sums[1]),
+        "router": float(sums[2]),
+        "hoi": float(sums[3]) if span.stage.hoi else None,
+        "lr": lr,
+        "grad_norm": grad_norm,
+        "timesteps": timesteps,
+        "step_time_s": elapsed,
+        "tokens_per_s": tokens * accelerator.num_processes / elapsed,
+        "peak_mem_mb": peak_memory_mb(accelerator.device),
+        **router_summary(counts[:3], counts[3:]),
+    }
+
+
+def _clip(accelerator, model: nn.Module, max_norm: float) -> float | None:
+    if max_norm <= 0:
+        return None
+    params = [p for p in model.parameters() if p.requires_grad]
+    return float(accelerator.clip_grad_norm_(params, max_norm))
+
+
+def _stop_if_not_finite(accelerator, sums: torch.Tensor, grad_norm: float | None, step: int, cfg: TrainConfig):
+    """NaN / inf loss or gradient on any process: stop before the optimizer step; checkpoints stay as they are."""
+    bad = not bool(torch.isfinite(sums).all()) or (grad_norm is not None and not math.isfinite(grad_norm))
+    flag = accelerator.reduce(torch.tensor([float(bad)], device=accelerator.device), "sum")
+    if float(flag) == 0:
+        return
+    last = latest_checkpoint(Path(cfg.runtime.output_dir) / "checkpoints")
+    raise TrainingDiverged(
+        f"step {step + 1}: the loss or gradient is not finite (loss parts {sums.tolist()}, grad norm {grad_norm}); "
+        f"stopped before the update. The last good checkpoint is {last or 'none (no checkpoint was written yet)'}; "
+        "lower the lr, enable grad clipping, or check the data of this step"
+    )
+
+
+# ---------------------------------------------------------------------------------------------- saving
+
+
+def _checkpoint(
+    accelerator, model, cfg: TrainConfig, out: Path, state: RunState, trainable: list[str], final: bool
+) -> Path:
+    """Accelerate state (atomic, keep-last-N) + an official-layout export (+ the stage-final export)."""
+    config_json = train_config_to_json(cfg)
+    meta = {
+        "step": state.step,
+        "stage": state.stage,
+        "trainable": trainable,
+        "train_config": config_json,
+        "world_size": accelerator.num_processes,
+    }
+    path = save_checkpoint(accelerator, out / "checkpoints", state.step, meta)
+    full_state = accelerator.get_state_dict(model)  # every process (gathers under FSDP / DeepSpeed)
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        names = [f"step-{state.step:08d}.safetensors"] + ([f"{state.stage}-final.safetensors"] if final else [])
+        for name in names:
+            export_state_dict(
+                full_state,
+                set(trainable),
+                out / "exports" / name,
+                dit_cfg=unwrapped.cfg,
+                lora=cfg.lora,
+                stage=state.stage,
+                step=state.step,
+                dtype=DTYPES[cfg.runtime.export_dtype],
+                train_config_json=config_json,
+            )
+        for old in prune_checkpoints(out / "checkpoints", cfg.runtime.keep_last):
+            (out / "exports" / f"{old.name}.safetensors").unlink(missing_ok=True)
+    accelerator.wait_for_everyone()
+    log.info("checkpoint %s", path)
+    return path
