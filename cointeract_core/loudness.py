@@ -79,11 +79,12 @@ def k_weight(waveform: torch.Tensor, sample_rate: float) -> torch.Tensor:
     biquads = k_weighting_biquads(sample_rate)
     n = x.shape[-1]
     n_fft = 1 << max(1, (n + _tail_length(biquads)) - 1).bit_length()
-    z_inv = torch.exp(-2j * math.pi * torch.arange(n_fft // 2 + 1, dtype=torch.float64) / n_fft)  # e^{-iw}
-    response = torch.ones_like(z_inv)
+    z_inv = np.exp(-2j * np.pi * np.arange(n_fft // 2 + 1) / n_fft)  # e^{-iw} on the rfft grid
+    response = np.ones_like(z_inv)
     for b, a in biquads:
-        response = response * (b[0] + z_inv * (b[1] + z_inv * b[2])) / (a[0] + z_inv * (a[1] + z_inv * a[2]))
-    return torch.fft.irfft(torch.fft.rfft(x, n_fft) * response, n_fft)[..., :n]
+        response *= (b[0] + z_inv * (b[1] + z_inv * b[2])) / (a[0] + z_inv * (a[1] + z_inv * a[2]))
+    spectrum = torch.fft.rfft(x, n_fft) * torch.from_numpy(response).to(x.device)
+    return torch.fft.irfft(spectrum, n_fft)[..., :n]
 
 
 def _block_powers(weighted: torch.Tensor, sample_rate: float) -> torch.Tensor:
@@ -128,7 +129,5 @@ def loudness_normalize(waveform: torch.Tensor, sample_rate: float, target_lufs: 
     logger.info("loudness %.2f LUFS -> %.2f LUFS (gain %+.2f dB)", loudness, target_lufs, gain_db)
     peak = float(out.abs().max()) if out.numel() else 0.0
     if peak > 1.0:
-        logger.warning(
-            "after loudness normalisation the peak is %.2f (above full scale); not clipped", peak
-        )
+        logger.warning("after loudness normalisation the peak is %.2f (above full scale); not clipped", peak)
     return out

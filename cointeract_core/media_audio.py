@@ -116,9 +116,10 @@ def audio_channels(waveform: torch.Tensor | np.ndarray) -> np.ndarray:
 
 
 def write_wav(path: str | os.PathLike, waveform: torch.Tensor | np.ndarray, sample_rate: int) -> None:
-    """Write [T] or [C, T] float audio in [-1, 1] as 16-bit PCM WAV (stdlib `wave`, atomic; clipped to [-1, 1])."""
+    """Write [T] or [C, T] float audio in [-1, 1] as 16-bit PCM WAV (stdlib `wave`, atomic; clipped to full scale)."""
     x = audio_channels(waveform)
-    pcm = np.round(np.clip(x, -1.0, 1.0) * 32767.0).astype("<i2").T  # [T, C] interleaved
+    # x * 32768 is the inverse of the decoders' int16 / 32768 (soundfile, librosa, FFmpeg); +1.0 clips to 32767.
+    pcm = np.clip(np.round(x * 32768.0), -32768, 32767).astype("<i2").T  # [T, C] interleaved
     with atomic_output(path) as tmp, wave.open(str(tmp), "wb") as f:
         f.setnchannels(x.shape[0])
         f.setsampwidth(2)
