@@ -77,8 +77,8 @@ def iter_frames(path: str | os.PathLike) -> Iterator[np.ndarray]:
 
 
 def _uint8(image: torch.Tensor) -> torch.Tensor:
-    """float [..., 3] in [0, 1] holding 8-bit values -> uint8 (exact)."""
-    return (image * 255.0).round().to(torch.uint8)
+    """float [..., 3] in [0, 1] holding 8-bit values -> uint8 (exact; numpy: torch's small-tensor round can be slow)."""
+    return torch.from_numpy(np.rint(image.numpy() * 255.0).astype(np.uint8))
 
 
 def load_frames(path: str | os.PathLike, count: int, size: tuple[int, int]) -> torch.Tensor:

@@ -14,7 +14,9 @@ logged and counted in `report()`, never loaded with a silently wrong label. Deci
 - Box cells that are not JSON objects of frame_k -> box are refused (the official code reads them as {}).
   A box partly outside the original frame is clipped (counted as a warning); a box fully outside it means
   the coordinates are in another space, and the row is refused. Boxes the training crop cuts away are
-  skipped as in the official labels. Keys that contradict `box_keys` stop the whole dataset.
+  skipped as in the official labels. Keys that contradict `box_keys` stop the whole dataset. Keys past the
+  clip's latent frames are ignored as official (a warning), but a row whose every key lies past the clip
+  (e.g. absolute frame numbers of a longer video) is refused: it would train on all-base labels.
 
 Loading: first N frames, cover-resize (LANCZOS when downscaling, else BILINEAR) + center crop to H×W for
 videos and the person image, resize-and-pad for the product (margin 1.0, no /1.25 as official training),
@@ -36,7 +38,15 @@ from pathlib import Path
 import torch
 
 from .clip_media import load_audio_mono, load_frames, load_person, load_product, probe_audio_seconds, probe_video
-from .labels import BoxKeyConventionError, BoxKeys, MalformedBoxes, boxes_outside_frame, check_box_keys, parse_boxes
+from .labels import (
+    BoxKeyConventionError,
+    BoxKeys,
+    MalformedBoxes,
+    boxes_outside_frame,
+    check_box_keys,
+    latent_frame,
+    parse_boxes,
+)
 from .labels import router_labels as _router_labels
 
 log = logging.getLogger(__name__)
@@ -199,6 +209,14 @@ def _check_boxes(row: ClipRow, spec: ClipSpec) -> list[str]:
         check_box_keys([*face, *hand], spec.box_keys, spec.latent_frames)
     except BoxKeyConventionError as err:
         raise BoxKeyConventionError(f"row {row.index}: {err}") from None
+    keys = {*face, *hand}
+    outside = sorted(k for k in keys if not 0 <= latent_frame(k, spec.box_keys) < spec.latent_frames)
+    if outside and len(outside) == len(keys):
+        raise RowError(
+            "boxes_outside_clip",
+            f"no box key falls inside the clip (keys frame_{outside[0]}..frame_{outside[-1]}): keys must count frames "
+            "from the clip's first frame",
+        )
     partial, full = (sum(n) for n in zip(*(boxes_outside_frame(b, (row.height, row.width)) for b in (face, hand))))
     if full:
         raise RowError(
@@ -206,7 +224,10 @@ def _check_boxes(row: ClipRow, spec: ClipSpec) -> list[str]:
             f"{full} box(es) lie fully outside the {row.width}x{row.height} frame given by width/height: "
             "the boxes must be pixel coordinates of that frame",
         )
-    return [f"{partial} box(es) extend past the {row.width}x{row.height} frame and are clipped"] if partial else []
+    warnings = [f"{partial} box(es) extend past the {row.width}x{row.height} frame and are clipped"] if partial else []
+    if outside:
+        warnings.append(f"box keys {outside} lie past the clip's latent frames and are ignored")
+    return warnings
 
 
 def _check_media(row: ClipRow, spec: ClipSpec) -> None:

@@ -80,6 +80,7 @@ def _bad_rows(kit, tmp_path):
         "malformed_boxes": {**good, "face": "{not json"},
         "bad_box": {**good, "hand_object": json.dumps({"frame_2": {"l_h": [5, 5, 1]}})},
         "box_outside_frame": {**good, "face": json.dumps({"frame_2": [40, 40, 50, 50]})},
+        "boxes_outside_clip": {**good, "face": json.dumps({"frame_1200": [0, 0, 8, 8]}), "hand_object": "{}"},
         "missing_field": {**good, "person_image": ""},
         "bad_value": {**good, "height": "abc"},
         "bad_scale": {**good, "scale": "-1"},
@@ -88,7 +89,8 @@ def _bad_rows(kit, tmp_path):
         "pose_aspect": {**good, "pose_video": kit.video("pa/pose.mkv", np.zeros((81, 32, 48, 3), np.uint8))},
         "unreadable_media": {**good, "person_image": "junk.png"},
     }
-    kept = [good, {**good, "face": json.dumps({"frame_2": [-4, 0, 8, 8]}), "scale": "nan"}]
+    partly_past = json.dumps({"frame_2": [-4, 0, 8, 8], "frame_90": [0, 0, 8, 8]})
+    kept = [good, {**good, "face": partly_past, "scale": "nan"}]
     return cases, kept
 
 
@@ -108,9 +110,12 @@ def test_bad_rows_are_counted_skips(kit, tmp_path, caplog):
     }
     assert got == expected
     assert report.counts()["path_escapes_root"] == 3 and report.counts()["short_video"] == 2
-    assert report.warnings == [(1, "1 box(es) extend past the 32x32 frame and are clipped")]
+    assert report.warnings == [
+        (1, "1 box(es) extend past the 32x32 frame and are clipped"),
+        (1, "box keys [90] lie past the clip's latent frames and are ignored"),
+    ]
     assert rows[1].scale == 1.0
-    assert "kept 2/19 rows" in report.summary()
+    assert "kept 2/20 rows" in report.summary()
     assert sum("skipped" in r.message for r in caplog.records) == len(cases)
     messages = {list(cases)[row - 2]: msg for row, _, msg in report.dropped}
     assert "60 frames; it needs at least 81" in messages["short_video"]
