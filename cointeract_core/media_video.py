@@ -31,11 +31,11 @@ import torch
 from .fileio import atomic_output, require_file
 from .media_audio import audio_channels, audio_packets, configure_audio_stream, decode_audio
 
-__all__ = ["load_video", "write_video", "probe", "frames_to_numpy_uint8"]
+__all__ = ["load_video", "write_video", "probe"]
 
 logger = logging.getLogger(__name__)
 
-_VIDEO_CONTAINERS = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska"}
+_VIDEO_CONTAINERS = {".mp4": "mp4", ".mov": "mov"}  # MP4 edit lists give exact AAC start and end
 _SUBTICKS = 512  # time-base refinement for a shortened last frame (1/25 s -> 1/12800 s, the mp4 default)
 
 
@@ -49,12 +49,13 @@ def _timed_frames(frames: Iterator[av.VideoFrame], rate: float) -> Iterator[tupl
 
 
 def _rgb(frame: av.VideoFrame) -> np.ndarray:
+    """Decoded frame -> uint8 [H, W, 3] RGB."""
     return frame.to_ndarray(format="rgb24")
 
 
 def _resample_nearest(
     frames: Iterator[tuple[float, av.VideoFrame]], fps: float, max_frames: int | None, src_rate: float
-):
+) -> list[np.ndarray]:
     """Nearest-timestamp frames at times k / fps inside the source duration -> list of uint8 [H, W, 3]."""
     out: list[np.ndarray] = []
     prev_t, prev, prev_rgb = None, None, None
@@ -104,7 +105,7 @@ def load_video(
     return torch.from_numpy(np.stack(frames)), src_rate if fps is None else float(fps)
 
 
-def frames_to_numpy_uint8(frames: torch.Tensor | np.ndarray) -> np.ndarray:
+def _uint8_frames(frames: torch.Tensor | np.ndarray) -> np.ndarray:
     """[T, H, W, 3] uint8, or float in [0, 1] (rounded, clamped) -> numpy uint8 [T, H, W, 3]."""
     x = frames.detach().cpu().numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
     if x.ndim != 4 or x.shape[-1] != 3 or x.shape[0] == 0:
@@ -130,19 +131,22 @@ def _video_frame(image: np.ndarray) -> av.VideoFrame:
     return av.VideoFrame.from_ndarray(image, format="rgb24")
 
 
-def _trim(n_frames: int, fps: float, audio: np.ndarray | None, sample_rate: int, trim_to_audio: bool):
-    """Frames to keep and audio samples to keep, per the module docstring's rules."""
+def _trim(
+    n_frames: int, fps: float, audio: np.ndarray | None, sample_rate: int, trim_to_audio: bool
+) -> tuple[int, int, float | None]:
+    """(frames kept, audio samples kept, end of the video track in seconds or None) per the module docstring."""
     if audio is None:
-        return n_frames, 0
+        return n_frames, 0, None
     audio_seconds = audio.shape[1] / sample_rate
-    kept = n_frames
+    kept, end = n_frames, None
     if trim_to_audio and n_frames / fps > audio_seconds:
         kept = max(1, math.ceil(audio_seconds * fps - 1e-9))
+        end = audio_seconds if kept / fps > audio_seconds else None  # the last frame is shortened to end there
         logger.info("video trimmed to the audio: %d -> %d frames (%.3f s of audio)", n_frames, kept, audio_seconds)
     samples = min(audio.shape[1], round(kept / fps * sample_rate))
     if samples < audio.shape[1]:
         logger.info("audio cut at the last frame: %.3f s -> %.3f s", audio_seconds, samples / sample_rate)
-    return kept, samples
+    return kept, samples, end
 
 
 def _video_packets(
@@ -179,15 +183,10 @@ def write_video(
     fmt = _VIDEO_CONTAINERS.get(path.suffix.lower())
     if fmt is None:
         raise ValueError(f"cannot write video as {path.suffix!r}; use one of {sorted(_VIDEO_CONTAINERS)}")
-    video = _pad_even(frames_to_numpy_uint8(frames))
+    video = _pad_even(_uint8_frames(frames))
     samples = None if audio is None else audio_channels(audio)
-    kept, n_samples = _trim(video.shape[0], fps, samples, sample_rate, trim_to_audio)
-    end = (
-        n_samples / sample_rate
-        if samples is not None and trim_to_audio and n_samples < kept / fps * sample_rate
-        else None
-    )
-    options = {"movflags": "+faststart"} if fmt in ("mp4", "mov") else {}
+    kept, n_samples, end = _trim(video.shape[0], fps, samples, sample_rate, trim_to_audio)
+    options = {"movflags": "+faststart"}  # index first: playable while downloading
     with atomic_output(path) as tmp, av.open(str(tmp), mode="w", format=fmt, options=options) as container:
         stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         stream.width, stream.height, stream.pix_fmt = video.shape[2], video.shape[1], "yuv420p"

@@ -45,7 +45,7 @@ def _to_pil(image: torch.Tensor) -> Image.Image:
     x = image.detach().cpu()
     if x.dtype != torch.uint8:
         x = (x.float().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
-    return Image.fromarray(x.numpy(), mode="RGB")
+    return Image.fromarray(x.numpy())  # uint8 [H, W, 3] -> mode RGB
 
 
 def _from_pil(image: Image.Image) -> torch.Tensor:
