@@ -1,25 +1,26 @@
-"""Shared plumbing of the standalone encoders: read weights from local paths, name what a file holds, assign.
+"""Shared plumbing of the standalone encoders: read weights lazily from local paths, rename, name a file, assign.
 
 Weights are read from `.safetensors` (single, sharded via `*.index.json`, or a folder holding them) or from
 pickles (`.pth`, `.pt`, `.bin`, `.ckpt`) through `torch.load(weights_only=True)` only, which refuses code.
-Nothing here downloads.
+Safetensors are read tensor by tensor on access and pickles are memory-mapped, and key renamings are lazy
+views, so loading holds about one copy of the weights (in the target dtype). Nothing here downloads.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..safetensors_io import PREFIXES, PathLike, read_state_dict
+from ..safetensors_io import PREFIXES, LazyStateDict, PathLike, open_checkpoint
 
 log = logging.getLogger(__name__)
 
-__all__ = ["read_weights", "describe_weights", "strip_prefix", "assign_weights", "cast_floats"]
+__all__ = ["KeyView", "read_weights", "shapes_of", "describe_weights", "strip_prefix", "assign_weights"]
 
 PICKLES = (".pth", ".pt", ".bin", ".ckpt")
 # Weight files of a model folder, most preferred first (transformers / diffusers conventions).
@@ -32,6 +33,40 @@ FOLDER_WEIGHTS = (
     "pytorch_model.bin",
     "diffusion_pytorch_model.bin",
 )
+Shapes = dict[str, tuple[int, ...]]
+
+
+class KeyView(Mapping):
+    """A lazy renamed view of a state dict: view[new] = transform(old, base[old]) for names {new: old}."""
+
+    def __init__(
+        self,
+        base: Mapping[str, torch.Tensor],
+        names: Mapping[str, str],
+        transform: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        self.base, self.names, self.transform = base, dict(names), transform
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        old = self.names[key]
+        tensor = self.base[old]
+        return tensor if self.transform is None else self.transform(old, tensor)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def shapes(self) -> Shapes:
+        base = shapes_of(self.base)
+        return {new: base[old] for new, old in self.names.items()}
+
+
+def shapes_of(sd: Mapping[str, torch.Tensor]) -> Shapes:
+    """Key -> shape without reading lazy tensors."""
+    shapes = getattr(sd, "shapes", None)
+    return shapes() if callable(shapes) else {k: tuple(v.shape) for k, v in sd.items()}
 
 
 def _weights_in_folder(folder: Path) -> Path:
@@ -47,16 +82,25 @@ def _weights_in_folder(folder: Path) -> Path:
     )
 
 
+def _load_pickle(path: Path, mmap: bool) -> object:
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+
+
 def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
     try:
-        sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        try:
+            sd = _load_pickle(path, mmap=True)
+        except RuntimeError as err:  # files from torch < 1.6 (not zip) cannot be memory-mapped
+            if "mmap" not in str(err):
+                raise
+            sd = _load_pickle(path, mmap=False)
     except Exception as err:  # torch raises UnpicklingError, RuntimeError, ... for refused or broken pickles
         raise ValueError(
             f"{path.name} could not be read as a weights-only torch pickle ({type(err).__name__}: {err}); "
             "it is damaged or holds code objects. Use the .safetensors release of the same weights"
         ) from err
     for key in ("state_dict", "model", "module"):  # training checkpoints wrap the weights one level down
-        if isinstance(sd, dict) and isinstance(sd.get(key), dict) and not isinstance(sd.get(key), torch.Tensor):
+        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
             sd = sd[key]
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise ValueError(f"{path.name} is a torch pickle but not a state dict of tensors")
@@ -76,34 +120,31 @@ def _read_pickle_index(index: Path) -> dict[str, torch.Tensor]:
     return sd
 
 
-def read_weights(path: PathLike) -> dict[str, torch.Tensor]:
-    """A state dict (tensors as stored, on CPU) from a local file, sharded set or model folder."""
+def read_weights(path: PathLike) -> Mapping[str, torch.Tensor]:
+    """A lazy state dict (tensors as stored, on CPU, read on access) of a local file, sharded set or model folder."""
     path = Path(path).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder (everything is loaded from local paths)")
     if path.is_dir():
         path = _weights_in_folder(path)
-    name = path.name.lower()
-    if name.endswith(".bin.index.json"):
-        return _read_pickle_index(path)
+    if path.name.lower().endswith(".bin.index.json"):
+        return strip_prefix(_read_pickle_index(path), PREFIXES)
     if path.suffix.lower() in PICKLES:
-        sd = _read_pickle(path)
-        return strip_prefix(sd, PREFIXES)
+        return strip_prefix(_read_pickle(path), PREFIXES)
     if path.suffix.lower() == ".gguf":
         raise ValueError(f"{path.name} is GGUF; the standalone encoders read .safetensors or .pth/.bin files")
-    sd, _ = read_state_dict(path)
-    return sd
+    return LazyStateDict(open_checkpoint(path))
 
 
-def strip_prefix(sd: Mapping[str, torch.Tensor], prefixes: Iterable[str]) -> dict[str, torch.Tensor]:
-    """Drop the first of `prefixes` that some keys carry; keys without it are dropped too (other components)."""
+def strip_prefix(sd: Mapping[str, torch.Tensor], prefixes: tuple[str, ...]) -> Mapping[str, torch.Tensor]:
+    """Drop the first of `prefixes` that some keys carry (keys without it are other components: dropped)."""
     for prefix in prefixes:
-        if any(k.startswith(prefix) for k in sd):
-            kept = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
-            if len(kept) < len(sd):
-                log.info("ignored %d keys outside '%s' (other components)", len(sd) - len(kept), prefix)
-            return kept
-    return dict(sd)
+        names = {k[len(prefix) :]: k for k in sd if k.startswith(prefix)}
+        if names:
+            if len(names) < len(sd):
+                log.info("ignored %d keys outside '%s' (other components)", len(sd) - len(names), prefix)
+            return KeyView(sd, names)
+    return sd
 
 
 # (marker key, what the file is) in the order they are checked; the first marker present wins.
@@ -123,13 +164,13 @@ _KINDS = (
 
 
 def describe_weights(sd: Mapping[str, torch.Tensor]) -> str:
-    """What a state dict looks like, for error messages: 'the Wan 2.1 VAE ...', 'a Wan2.2-S2V DiT ...', ..."""
+    """What a state dict looks like, for error messages: 'the Wan 2.1 VAE ...', 'a diffusion model (DiT) ...'."""
     for marker, label in _KINDS:
         if marker in sd:
             return label
     from ..checkpoint import describe_family
 
-    family, label = describe_family({k: tuple(v.shape) for k, v in sd.items()})
+    family, label = describe_family(shapes_of(sd))
     if family == "cointeract":
         return label
     if family != "unknown":
@@ -140,9 +181,17 @@ def describe_weights(sd: Mapping[str, torch.Tensor]) -> str:
     return f"an unrecognised file (first keys: {first})"
 
 
-def cast_floats(sd: Mapping[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Floating tensors cast to `dtype` (integer / bool tensors kept)."""
-    return {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
+def _check_fit(slots: Mapping[int, list[str]], expected: Shapes, given: Shapes, what: str) -> None:
+    missing = sorted(keys[0] for keys in slots.values() if not any(k in given for k in keys))
+    unexpected = sorted(set(given) - set(expected))
+    wrong = sorted(k for k in set(given) & set(expected) if tuple(given[k]) != tuple(expected[k]))
+    if missing or unexpected or wrong:
+        problems = [
+            f"{len(v)} {label}: {', '.join(v[:6])}{' ...' if len(v) > 6 else ''}"
+            for label, v in (("missing", missing), ("unexpected", unexpected), ("with another shape", wrong))
+            if v
+        ]
+        raise ValueError(f"{what}: the weights do not fit the model ({'; '.join(problems)})")
 
 
 def assign_weights(
@@ -152,25 +201,29 @@ def assign_weights(
     device: torch.device | str,
     what: str,
 ) -> nn.Module:
-    """Build `factory()` on the meta device and assign `sd` strictly (one copy of the weights), in eval mode."""
+    """Build `factory()` on the meta device and fill it strictly from `sd`, one tensor at a time, in eval mode.
+
+    Tied parameters (one tensor under several keys, e.g. umT5's shared / encoder.embed_tokens) are read once,
+    from whichever of their keys `sd` has. Floating tensors are cast to `dtype`.
+    """
     with torch.device("meta"):
         model = factory()
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(sd))
-    unexpected = sorted(set(sd) - set(expected))
-    wrong = sorted(k for k in set(sd) & set(expected) if tuple(sd[k].shape) != tuple(expected[k].shape))
-    if missing or unexpected or wrong:
-        problems = [
-            f"{len(v)} {label}: {', '.join(v[:6])}{' ...' if len(v) > 6 else ''}"
-            for label, v in (("missing", missing), ("unexpected", unexpected), ("with another shape", wrong))
-            if v
-        ]
-        raise ValueError(f"{what}: the weights do not fit the model ({'; '.join(problems)})")
-    converted: dict[int, torch.Tensor] = {}  # tensors shared by several keys (tied weights) are converted once
-    for v in sd.values():
-        if id(v) not in converted:
-            converted[id(v)] = v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype)
-    model.load_state_dict({k: converted[id(v)] for k, v in sd.items()}, strict=True, assign=True)
+    slots: dict[int, list[str]] = {}
+    for key, tensor in model.state_dict(keep_vars=True).items():
+        slots.setdefault(id(tensor), []).append(key)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict(keep_vars=True).items()}
+    _check_fit(slots, expected, shapes_of(sd), what)
+    for keys in slots.values():
+        tensor = sd[next(k for k in keys if k in sd)]
+        tensor = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype)
+        param = nn.Parameter(tensor, requires_grad=False)
+        for key in keys:
+            owner, _, name = key.rpartition(".")
+            module = model.get_submodule(owner)
+            if name in module._parameters:
+                module._parameters[name] = param  # the same object in every slot keeps ties
+            else:
+                module._buffers[name] = tensor
     leftovers = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if leftovers:
         raise ValueError(f"{what}: tensors left uninitialised after loading: {', '.join(leftovers[:6])}")

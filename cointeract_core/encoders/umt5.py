@@ -29,13 +29,14 @@ from typing import Any
 import torch
 
 from ..safetensors_io import PathLike
-from .common import assign_weights, describe_weights, read_weights
+from .common import KeyView, assign_weights, describe_weights, read_weights, shapes_of
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "UMT5TextEncoder",
     "clean_prompt",
+    "wan_t5_key",
     "wan_t5_to_hf",
     "comfy_umt5_to_hf",
     "umt5_config_from_state_dict",
@@ -69,55 +70,59 @@ def clean_prompt(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
-def wan_t5_to_hf(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Wan's T5Encoder keys (models_t5_umt5-xxl-enc-bf16.pth) -> UMT5EncoderModel keys; tensors shared."""
-    out = {}
-    for key, value in sd.items():
-        if key == "token_embedding.weight":
-            out["shared.weight"] = value
-        elif key == "norm.weight":
-            out["encoder.final_layer_norm.weight"] = value
-        else:
-            m = re.match(r"^blocks\.(\d+)\.(.*)$", key)
-            pair = next(((o, n) for o, n in _WAN_T5 if m and m.group(2).startswith(o)), None)
-            if pair is None:
-                raise ValueError(f"unexpected key '{key}' in a Wan T5 encoder state dict")
-            rest = m.group(2)[len(pair[0]) :]
-            out[f"encoder.block.{m.group(1)}.{pair[1]}{rest}"] = value
-    return out
+def wan_t5_key(key: str) -> str:
+    """One key of Wan's T5Encoder (models_t5_umt5-xxl-enc-bf16.pth) -> its UMT5EncoderModel key."""
+    if key == "token_embedding.weight":
+        return "shared.weight"
+    if key == "norm.weight":
+        return "encoder.final_layer_norm.weight"
+    m = re.match(r"^blocks\.(\d+)\.(.*)$", key)
+    for old, new in _WAN_T5 if m else ():
+        if m.group(2).startswith(old):
+            return f"encoder.block.{m.group(1)}.{new}{m.group(2)[len(old) :]}"
+    raise ValueError(f"unexpected key '{key}' in a Wan T5 encoder state dict")
 
 
-def comfy_umt5_to_hf(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """ComfyUI / transformers umT5 keys -> UMT5EncoderModel keys: scaled fp8 dequantised, extras dropped."""
-    out, dropped = {}, []
-    for key, value in sd.items():
+def wan_t5_to_hf(sd: Mapping[str, torch.Tensor]) -> KeyView:
+    """Wan's T5Encoder state dict -> a lazy view with UMT5EncoderModel keys (same tensors)."""
+    return KeyView(sd, {wan_t5_key(k): k for k in sd})
+
+
+def comfy_umt5_to_hf(sd: Mapping[str, torch.Tensor]) -> KeyView:
+    """ComfyUI / transformers umT5 keys -> a lazy UMT5EncoderModel view: scaled fp8 dequantised, extras dropped."""
+    names, dropped = {}, 0
+    for key in sd:
         if key in ("scaled_fp8", "spiece_model") or key.endswith((".scale_weight", ".scale_input")):
             continue
         if key.startswith(("decoder.", "lm_head.")):
-            dropped.append(key)
-            continue
-        if value.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
-            scale = sd.get(key[: -len("weight")] + "scale_weight") if key.endswith(".weight") else None
-            value = value.float() * (scale.float() if scale is not None else 1.0)
-        out[key] = value
+            dropped += 1
+        else:
+            names[key] = key
     if dropped:
-        log.info("umT5: ignored %d decoder / lm_head keys (only the encoder is used)", len(dropped))
-    if "shared.weight" not in out and "encoder.embed_tokens.weight" in out:
-        out["shared.weight"] = out["encoder.embed_tokens.weight"]
-    return out
+        log.info("umT5: ignored %d decoder / lm_head tensors (only the encoder is used)", dropped)
+    if "shared.weight" not in names and "encoder.embed_tokens.weight" in names:
+        names["shared.weight"] = names.pop("encoder.embed_tokens.weight")
+
+    def dequantise(key: str, value: torch.Tensor) -> torch.Tensor:
+        scale = key.removesuffix("weight") + "scale_weight"
+        if value.dtype in (torch.float8_e4m3fn, torch.float8_e5m2) and key.endswith(".weight") and scale in sd:
+            return value.float() * sd[scale].float()  # comfy/ops.py scaled_fp8_ops: weight * scale_weight
+        return value
+
+    return KeyView(sd, names, dequantise)
 
 
 def umt5_config_from_state_dict(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     """UMT5Config fields read off transformers-named encoder weights (vocab, widths, layers, heads, buckets)."""
-    block = "encoder.block.0.layer."
-    vocab, d_model = sd["shared.weight"].shape
-    buckets, heads = sd[block + "0.SelfAttention.relative_attention_bias.weight"].shape
+    shapes, block = shapes_of(sd), "encoder.block.0.layer."
+    vocab, d_model = shapes["shared.weight"]
+    buckets, heads = shapes[block + "0.SelfAttention.relative_attention_bias.weight"]
     return {
         "vocab_size": vocab,
         "d_model": d_model,
-        "d_kv": sd[block + "0.SelfAttention.q.weight"].shape[0] // heads,
-        "d_ff": sd[block + "1.DenseReluDense.wi_0.weight"].shape[0],
-        "num_layers": len({k.split(".")[2] for k in sd if k.startswith("encoder.block.")}),
+        "d_kv": shapes[block + "0.SelfAttention.q.weight"][0] // heads,
+        "d_ff": shapes[block + "1.DenseReluDense.wi_0.weight"][0],
+        "num_layers": len({k.split(".")[2] for k in shapes if k.startswith("encoder.block.")}),
         "num_heads": heads,
         "relative_attention_num_buckets": buckets,
     }
@@ -130,7 +135,7 @@ def _build(config: Mapping[str, Any]) -> Any:
     return UMT5EncoderModel(UMT5Config(**fields))
 
 
-def _hf_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None, bytes | None]:
+def _hf_state_dict(path: Path) -> tuple[Mapping[str, torch.Tensor], dict[str, Any] | None, bytes | None]:
     """(UMT5EncoderModel state dict, config.json fields or None, embedded SentencePiece model or None)."""
     import json
 
@@ -215,8 +220,7 @@ class UMT5TextEncoder:
     ) -> UMT5TextEncoder:  # fmt: skip
         """Load a transformers folder, a ComfyUI umt5_xxl file (fp16 / scaled fp8) or Wan's .pth, and a tokenizer."""
         path = Path(path).expanduser()
-        sd, config, spiece = _hf_state_dict(path)
-        sd["encoder.embed_tokens.weight"] = sd["shared.weight"]  # tied in the model: one tensor for both
+        sd, config, spiece = _hf_state_dict(path)  # shared.weight also fills the tied encoder.embed_tokens
         fields = dict(config or umt5_config_from_state_dict(sd))
         model = assign_weights(lambda: _build(fields), sd, dtype, device, f"umT5 {path.name}")
         log.info("loaded umT5 (%d layers, d_model %d) from %s", model.config.num_layers, model.config.d_model, path)

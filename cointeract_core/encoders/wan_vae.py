@@ -24,11 +24,18 @@ from typing import Any
 import torch
 
 from ..safetensors_io import PathLike
-from .common import assign_weights, describe_weights, read_weights, strip_prefix
+from .common import KeyView, assign_weights, describe_weights, read_weights, shapes_of, strip_prefix
 
 log = logging.getLogger(__name__)
 
-__all__ = ["WanVAE", "Tiling", "wan_vae_to_diffusers", "wan_vae_config_from_state_dict", "TINY_VAE_CONFIG"]
+__all__ = [
+    "WanVAE",
+    "Tiling",
+    "wan_vae_key",
+    "wan_vae_to_diffusers",
+    "wan_vae_config_from_state_dict",
+    "TINY_VAE_CONFIG",
+]
 
 # Prefixes under which full checkpoints store the VAE (ComfyUI `first_stage_model.`, some repacks `vae.`).
 VAE_PREFIXES = ("first_stage_model.", "vae.")
@@ -67,44 +74,44 @@ def _decoder_slot(index: int, num_res_blocks: int) -> str:
     return f"up_blocks.{stage}.resnets.{j}" if j <= num_res_blocks else f"up_blocks.{stage}.upsamplers.0"
 
 
-def wan_vae_to_diffusers(sd: Mapping[str, torch.Tensor], num_res_blocks: int = 2) -> dict[str, torch.Tensor]:
-    """Original Wan 2.1 VAE keys (Wan2.1_VAE.pth, ComfyUI) -> diffusers `AutoencoderKLWan` keys; tensors shared."""
-    out = {}
-    top = {"conv1.": "quant_conv.", "conv2.": "post_quant_conv."}
-    for key, value in sd.items():
-        m = re.match(r"^(encoder|decoder)\.(conv1|head\.0|head\.2|middle\.(\d+)|(down|up)samples\.(\d+))\.(.*)$", key)
-        if m is None:
-            prefix = next((p for p in top if key.startswith(p)), None)
-            if prefix is None:
-                raise ValueError(f"unexpected key '{key}' in a Wan 2.1 VAE state dict")
-            out[top[prefix] + key[len(prefix) :]] = value
-            continue
-        part, slot, mid, _, flat, rest = m.groups()
-        if slot == "conv1":
-            new = "conv_in"
-        elif slot.startswith("head"):
-            new = "norm_out" if slot == "head.0" else "conv_out"
-        elif mid is not None:  # middle = [resblock, attention, resblock]
-            new = "mid_block.attentions.0" if mid == "1" else f"mid_block.resnets.{int(mid) // 2}"
-        elif part == "encoder":
-            new = f"down_blocks.{flat}"  # both trees keep the encoder flat
-        else:
-            new = _decoder_slot(int(flat), num_res_blocks)
-        out[f"{part}.{new}.{_rename_block(rest)}"] = value
-    return out
+def wan_vae_key(key: str, num_res_blocks: int = 2) -> str:
+    """One original Wan 2.1 VAE key (Wan2.1_VAE.pth, ComfyUI) -> its diffusers `AutoencoderKLWan` key."""
+    m = re.match(r"^(encoder|decoder)\.(conv1|head\.0|head\.2|middle\.(\d+)|(down|up)samples\.(\d+))\.(.*)$", key)
+    if m is None:
+        for old, new in (("conv1.", "quant_conv."), ("conv2.", "post_quant_conv.")):
+            if key.startswith(old):
+                return new + key[len(old) :]
+        raise ValueError(f"unexpected key '{key}' in a Wan 2.1 VAE state dict")
+    part, slot, mid, _, flat, rest = m.groups()
+    if slot == "conv1":
+        new = "conv_in"
+    elif slot.startswith("head"):
+        new = "norm_out" if slot == "head.0" else "conv_out"
+    elif mid is not None:  # middle = [resblock, attention, resblock]
+        new = "mid_block.attentions.0" if mid == "1" else f"mid_block.resnets.{int(mid) // 2}"
+    elif part == "encoder":
+        new = f"down_blocks.{flat}"  # both trees keep the encoder flat
+    else:
+        new = _decoder_slot(int(flat), num_res_blocks)
+    return f"{part}.{new}.{_rename_block(rest)}"
 
 
-def _encoder_layout(sd: Mapping[str, torch.Tensor]) -> list[tuple[str, int]]:
+def wan_vae_to_diffusers(sd: Mapping[str, torch.Tensor], num_res_blocks: int = 2) -> KeyView:
+    """Original Wan 2.1 VAE state dict -> a lazy view with diffusers `AutoencoderKLWan` keys (same tensors)."""
+    return KeyView(sd, {wan_vae_key(k, num_res_blocks): k for k in sd})
+
+
+def _encoder_layout(shapes: Mapping[str, tuple[int, ...]]) -> list[tuple[str, int]]:
     """The flat encoder list as (kind, out channels): ('res', c) / ('down2d', c) / ('down3d', c)."""
     layout, i = [], 0
     while True:
         base = f"encoder.downsamples.{i}."
-        if base + "residual.2.weight" in sd:
-            layout.append(("res", sd[base + "residual.2.weight"].shape[0]))
-        elif base + "resample.1.weight" in sd:
-            kind = "down3d" if base + "time_conv.weight" in sd else "down2d"
-            layout.append((kind, sd[base + "resample.1.weight"].shape[0]))
-        elif any(k.startswith(base) for k in sd):
+        if base + "residual.2.weight" in shapes:
+            layout.append(("res", shapes[base + "residual.2.weight"][0]))
+        elif base + "resample.1.weight" in shapes:
+            kind = "down3d" if base + "time_conv.weight" in shapes else "down2d"
+            layout.append((kind, shapes[base + "resample.1.weight"][0]))
+        elif any(k.startswith(base) for k in shapes):
             raise ValueError(f"unsupported Wan VAE layout at {base}* (attention inside the down path?)")
         else:
             return layout
@@ -113,27 +120,27 @@ def _encoder_layout(sd: Mapping[str, torch.Tensor]) -> list[tuple[str, int]]:
 
 def wan_vae_config_from_state_dict(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     """The `AutoencoderKLWan` config (base_dim, z_dim, dim_mult, num_res_blocks, temporal flags) of original keys."""
-    base_dim, z_dim = sd["encoder.conv1.weight"].shape[0], sd["conv2.weight"].shape[0]
-    stages: list[list[str]] = [[]]
+    shapes = shapes_of(sd)
+    base_dim, z_dim = shapes["encoder.conv1.weight"][0], shapes["conv2.weight"][0]
+    stages: list[int] = [0]
     mults, temporal = [], []
-    for kind, channels in _encoder_layout(sd):
+    for kind, channels in _encoder_layout(shapes):
         if kind == "res":
-            stages[-1].append(kind)
+            stages[-1] += 1
             mult = channels // base_dim
         else:
             mults.append(mult)
             temporal.append(kind == "down3d")
-            stages.append([])
+            stages.append(0)
     mults.append(mult)
-    counts = {len(s) for s in stages}
-    if len(counts) != 1:
-        raise ValueError(f"unsupported Wan VAE layout: stages hold {sorted(counts)} residual blocks")
-    return {"base_dim": base_dim, "z_dim": z_dim, "dim_mult": mults, "num_res_blocks": counts.pop(),
+    if len(set(stages)) != 1:
+        raise ValueError(f"unsupported Wan VAE layout: stages hold {stages} residual blocks")
+    return {"base_dim": base_dim, "z_dim": z_dim, "dim_mult": mults, "num_res_blocks": stages[0],
             "temperal_downsample": temporal}  # fmt: skip
 
 
-def _vae_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
-    """(diffusers-named state dict, config or None for the Wan 2.1 default) of a VAE file or folder."""
+def _vae_state_dict(path: Path) -> tuple[Mapping[str, torch.Tensor], dict[str, Any] | None]:
+    """(diffusers-named lazy state dict, config or None for the Wan 2.1 default) of a VAE file or folder."""
     config = None
     if path.is_dir() and (path / "config.json").is_file():
         config = {k: v for k, v in json.loads((path / "config.json").read_text()).items() if not k.startswith("_")}

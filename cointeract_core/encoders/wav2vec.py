@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..safetensors_io import PathLike
-from .common import assign_weights, describe_weights, read_weights
+from .common import KeyView, assign_weights, describe_weights, read_weights, shapes_of
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,7 @@ __all__ = [
     "Wav2Vec2Features",
     "features_to_fps",
     "normalize_waveform",
+    "wav2vec2_key",
     "wav2vec2_to_hf",
     "wav2vec2_config_from_state_dict",
     "TINY_WAV2VEC2_CONFIG",
@@ -67,35 +68,38 @@ def features_to_fps(
     return F.interpolate(hidden.float().transpose(1, 2), size=n, mode="linear", align_corners=True)  # [L, A, N]
 
 
-def wav2vec2_to_hf(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Wav2Vec2ForCTC / old / ComfyUI keys -> Wav2Vec2Model keys (prefix and heads dropped, weight norm renamed)."""
-    out = {}
-    for key, value in sd.items():
-        key = key.removeprefix("wav2vec2.")
-        if key.startswith(_HEADS):
-            continue
-        key = key.replace(".weight_g", ".parametrizations.weight.original0")
-        out[key.replace(".weight_v", ".parametrizations.weight.original1")] = value
-    return out
+def wav2vec2_key(key: str) -> str | None:
+    """One Wav2Vec2ForCTC / old / ComfyUI key -> its Wav2Vec2Model key (None: a CTC / pre-training head)."""
+    key = key.removeprefix("wav2vec2.")
+    if key.startswith(_HEADS):
+        return None
+    key = key.replace(".weight_g", ".parametrizations.weight.original0")  # torch's old weight_norm names
+    return key.replace(".weight_v", ".parametrizations.weight.original1")
+
+
+def wav2vec2_to_hf(sd: Mapping[str, torch.Tensor]) -> KeyView:
+    """A wav2vec2 state dict in any of those namings -> a lazy view with Wav2Vec2Model keys (same tensors)."""
+    return KeyView(sd, {new: k for k in sd if (new := wav2vec2_key(k)) is not None})
 
 
 def wav2vec2_config_from_state_dict(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     """Wav2Vec2Config fields read off the weights; heads = hidden / 64 and the standard conv strides are assumed."""
-    hidden = sd["encoder.layer_norm.weight"].shape[0]
-    convs = sorted(int(k.split(".")[2]) for k in sd if k.startswith("feature_extractor.conv_layers.") and
+    shapes = shapes_of(sd)
+    hidden = shapes["encoder.layer_norm.weight"][0]
+    convs = sorted(int(k.split(".")[2]) for k in shapes if k.startswith("feature_extractor.conv_layers.") and
                    k.endswith(".conv.weight"))  # fmt: skip
-    shapes = [sd[f"feature_extractor.conv_layers.{i}.conv.weight"].shape for i in convs]
-    kernels = tuple(s[-1] for s in shapes)
+    conv_shapes = [shapes[f"feature_extractor.conv_layers.{i}.conv.weight"] for i in convs]
+    kernels = tuple(s[-1] for s in conv_shapes)
     if any(k not in _STRIDES for k in kernels):
         raise ValueError(f"unknown wav2vec2 conv kernels {kernels}; pass the model's config explicitly")
-    pos = sd["encoder.pos_conv_embed.conv.parametrizations.weight.original1"].shape  # [hidden, hidden/groups, K]
-    layer_norm_convs = "feature_extractor.conv_layers.1.layer_norm.weight" in sd
+    pos = shapes["encoder.pos_conv_embed.conv.parametrizations.weight.original1"]  # [hidden, hidden/groups, K]
+    layer_norm_convs = "feature_extractor.conv_layers.1.layer_norm.weight" in shapes
     return {"hidden_size": hidden, "num_attention_heads": max(1, hidden // 64),
-            "num_hidden_layers": len({k.split(".")[2] for k in sd if k.startswith("encoder.layers.")}),
-            "intermediate_size": sd["encoder.layers.0.feed_forward.intermediate_dense.weight"].shape[0],
-            "conv_dim": tuple(s[0] for s in shapes), "conv_kernel": kernels,
+            "num_hidden_layers": len({k.split(".")[2] for k in shapes if k.startswith("encoder.layers.")}),
+            "intermediate_size": shapes["encoder.layers.0.feed_forward.intermediate_dense.weight"][0],
+            "conv_dim": tuple(s[0] for s in conv_shapes), "conv_kernel": kernels,
             "conv_stride": tuple(_STRIDES[k] for k in kernels),
-            "conv_bias": f"feature_extractor.conv_layers.{convs[-1]}.conv.bias" in sd,
+            "conv_bias": f"feature_extractor.conv_layers.{convs[-1]}.conv.bias" in shapes,
             "num_conv_pos_embeddings": pos[2], "num_conv_pos_embedding_groups": hidden // pos[1],
             "feat_extract_norm": "layer" if layer_norm_convs else "group",
             "do_stable_layer_norm": layer_norm_convs}  # fmt: skip
@@ -144,11 +148,10 @@ class Wav2Vec2Features:
                 "wav2vec2 folder (e.g. wav2vec2-large-xlsr-53-*) or ComfyUI's audio_encoders/wav2vec2_*.safetensors"
             )
         fields = dict(config or _read_folder_json(path, "config.json") or wav2vec2_config_from_state_dict(sd))
-        if "masked_spec_embed" not in sd:  # only used for masking in pre-training; the model may still hold it
-            sd["masked_spec_embed"] = torch.zeros(sd["encoder.layer_norm.weight"].shape)
-        model = assign_weights(
-            lambda: _build(fields), _fit_optional(sd, fields), dtype, device, f"wav2vec2 {path.name}"
-        )
+        # masked_spec_embed exists iff a masking probability is > 0; masking only happens in training, so the
+        # probability follows the file (ComfyUI files always carry the tensor, some exports do not).
+        fields.update(mask_time_prob=0.05 if "masked_spec_embed" in sd else 0.0, mask_feature_prob=0.0)
+        model = assign_weights(lambda: _build(fields), sd, dtype, device, f"wav2vec2 {path.name}")
         normalize = bool((_read_folder_json(path, "preprocessor_config.json") or {}).get("do_normalize", True))
         log.info("loaded wav2vec2 (%d layers) from %s; input normalisation %s", model.config.num_hidden_layers, path,
                  "on" if normalize else "off")  # fmt: skip
@@ -183,10 +186,3 @@ class Wav2Vec2Features:
         out = self.model(x[None].to(self.device, dtype), output_hidden_states=True)
         states = (*out.hidden_states[:-1], out.last_hidden_state)  # the last one after the final LayerNorm
         return torch.cat(states).float()  # [L, T50, A]
-
-
-def _fit_optional(sd: dict[str, torch.Tensor], fields: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """Drop `masked_spec_embed` when the config builds no such parameter (no time / feature masking)."""
-    if not (fields.get("mask_time_prob", 0.05) > 0 or fields.get("mask_feature_prob", 0.0) > 0):
-        sd.pop("masked_spec_embed", None)
-    return sd

@@ -113,11 +113,13 @@ def test_vae_loads_pth_comfy_safetensors_and_diffusers_folder(tiny_vae: wan_vae.
         tmp_path / "vae_diffusers_names.safetensors", {f"first_stage_model.{k}": v for k, v in sd.items()}
     )
     tiny_vae.model.save_pretrained(tmp_path / "diffusers_folder")
-    x = video(5)
-    z, frames = tiny_vae.encode(x), tiny_vae.decode(tiny_vae.encode(x))
     for name in ("Wan2.1_VAE.pth", "wan_2.1_vae.safetensors", "diffusers_folder"):
-        vae = wan_vae.WanVAE.from_file(tmp_path / name)
-        assert torch.equal(vae.encode(x), z) and torch.equal(vae.decode(z), frames), name
+        loaded = wan_vae.WanVAE.from_file(tmp_path / name).model.state_dict()
+        assert loaded.keys() == sd.keys() and all(torch.equal(loaded[k], sd[k]) for k in sd), name
+    x = video(5, 8, 8)
+    z = tiny_vae.encode(x)
+    vae = wan_vae.WanVAE.from_file(tmp_path / "wan_2.1_vae.safetensors")
+    assert torch.equal(vae.encode(x), z) and torch.equal(vae.decode(z), tiny_vae.decode(z))
     with pytest.raises(ValueError, match="do not fit"):  # diffusers names, no config.json: the Wan 2.1 default size
         wan_vae.WanVAE.from_file(tmp_path / "vae_diffusers_names.safetensors")
     bf16 = wan_vae.WanVAE.from_file(tmp_path / "wan_2.1_vae.safetensors", dtype=torch.bfloat16)
@@ -125,7 +127,7 @@ def test_vae_loads_pth_comfy_safetensors_and_diffusers_folder(tiny_vae: wan_vae.
 
 
 def test_vae_tiling_is_used_only_above_the_tile(tiny_vae: wan_vae.WanVAE) -> None:
-    z = torch.randn(1, 16, 2, 4, 4, generator=torch.Generator().manual_seed(0))  # 32x32 px
+    z = torch.randn(1, 16, 1, 4, 4, generator=torch.Generator().manual_seed(0))  # one 32x32 frame
     plain = tiny_vae.decode(z)
     try:
         tiny_vae.set_tiling(wan_vae.Tiling(32, 32, 16, 16))
@@ -231,10 +233,11 @@ def test_prompt_cleaning_and_tokenizers(spiece: bytes, tokenizer_dir: Path) -> N
 
 def test_umt5_encode_trims_and_ignores_padding(tiny_t5: umt5.UMT5TextEncoder) -> None:
     assert isinstance(tiny_t5, TextEncoder) and tiny_t5.text_dim == 32
-    out = tiny_t5.encode(PROMPTS)
-    ids = tiny_t5.tokenize(PROMPTS)
-    assert [o.shape for o in out] == [(len(i), 32) for i in ids] and len(ids[2]) == 512
-    for prompt, emb, tokens in zip(PROMPTS, out, ids):
+    prompts = [*PROMPTS[:2], "zebra " * 30]
+    out, ids = tiny_t5.encode(prompts), tiny_t5.tokenize(prompts)
+    assert [o.shape for o in out] == [(len(i), 32) for i in ids] and len({len(i) for i in ids}) == 3
+    assert tiny_t5.encode([]) == [] and len(tiny_t5.tokenize(PROMPTS[2:])[0]) == 512
+    for prompt, emb, tokens in zip(prompts, out, ids):
         alone = tiny_t5.encode([prompt])[0]
         torch.testing.assert_close(emb, alone, atol=1e-5, rtol=1e-5)  # batch padding is masked out
         direct = tiny_t5.model(input_ids=torch.tensor([tokens])).last_hidden_state[0]
@@ -279,11 +282,14 @@ def test_umt5_loads_comfy_wan_and_hf_files(tiny_t5: umt5.UMT5TextEncoder, spiece
     tiny_t5.model.save_pretrained(tmp_path / "hf")
     for name in tokenizer_dir.iterdir():
         (tmp_path / "hf" / name.name).write_bytes(name.read_bytes())
-    expected = tiny_t5.encode(PROMPTS)
+    expected = tiny_t5.encode(PROMPTS[:2])
     for name, tok in (("umt5_xxl_fp32.safetensors", None), ("models_t5_umt5-xxl-enc-bf16.pth", tokenizer_dir),
                       ("hf", None)):  # fmt: skip
-        got = umt5.UMT5TextEncoder.from_file(tmp_path / name, tokenizer=tok, dtype=torch.float32).encode(PROMPTS)
-        assert all(torch.equal(a, b) for a, b in zip(got, expected)), name
+        enc = umt5.UMT5TextEncoder.from_file(tmp_path / name, tokenizer=tok, dtype=torch.float32)
+        loaded = enc.model.state_dict()
+        assert all(torch.equal(loaded[k], v) for k, v in sd.items()), name
+        assert enc.model.encoder.embed_tokens.weight is enc.model.shared.weight  # still tied
+        assert all(torch.equal(a, b) for a, b in zip(enc.encode(PROMPTS[:2]), expected)), name
     assert set(umt5.wan_t5_to_hf(t5_to_wan_names(sd))) == set(sd)
     with pytest.raises(ValueError, match="no tokenizer"):
         umt5.UMT5TextEncoder.from_file(tmp_path / "models_t5_umt5-xxl-enc-bf16.pth")
@@ -299,7 +305,6 @@ def test_umt5_scaled_fp8_is_dequantised(tiny_t5: umt5.UMT5TextEncoder, tokenizer
     key = "encoder.block.1.layer.1.DenseReluDense.wo.weight"
     assert torch.equal(loaded[key], scaled[key].float() * scaled[key.replace(".weight", ".scale_weight")])
     assert torch.equal(loaded["shared.weight"], sd["shared.weight"].half().float())
-    assert loaded["encoder.embed_tokens.weight"].data_ptr() == loaded["shared.weight"].data_ptr()
     rel = (enc.encode(PROMPTS[:1])[0] - tiny_t5.encode(PROMPTS[:1])[0]).norm() / tiny_t5.encode(PROMPTS[:1])[0].norm()
     assert rel < 0.1  # fp8 rounding only
 
