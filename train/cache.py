@@ -211,6 +211,18 @@ class _ShardWriter:
         self.tensors, self.entries, self.index = {}, [], self.index + 1
 
 
+def _encode_row(dataset: RawClipDataset, i: int, encoders: tuple) -> tuple[RawClip, dict] | tuple[str, str]:
+    """(clip, tensors), or (reason, message) for a data problem; encoder failures propagate."""
+    try:
+        clip = dataset[i]
+    except (OSError, ValueError) as err:  # media that passed validation but does not decode
+        return "load_failed", str(err)
+    try:
+        return clip, encode_clip(clip, *encoders, fps=dataset.spec.fps)
+    except ShortAudioError as err:
+        return "short_audio", str(err)
+
+
 def build_cache(
     dataset: RawClipDataset,
     vae: VideoVAE,
@@ -222,7 +234,7 @@ def build_cache(
     dtype: torch.dtype = torch.bfloat16,
     dit_patch: int = 2,
 ) -> dict[str, Any]:
-    """Encode every row of `dataset` once into `out_dir` (resumable); returns the manifest."""
+    """Encode every row of `dataset` once into `out_dir` (resumable; run it on one process); returns the manifest."""
     if dataset.patch != vae.spatial_factor * dit_patch:
         raise ValueError(
             f"the dataset's labels use {dataset.patch}-pixel tokens but the VAE and DiT give "
@@ -239,20 +251,15 @@ def build_cache(
     dropped = [{"row": r, "reason": c, "message": m} for r, c, m in dataset.report().dropped]
     writer = _ShardWriter(out, manifest, shard_size, dtype)
     for i, row in enumerate(dataset.rows):
-        if row.key in done:
-            continue
-        try:
-            clip = dataset[i]
-            tensors = encode_clip(clip, vae, text_encoder, audio_encoder, fps=dataset.spec.fps)
-        except (OSError, ValueError) as err:  # unreadable media or too little audio: a data problem, not ours
-            reason = "short_audio" if isinstance(err, ShortAudioError) else "load_failed"
-            log.warning("cache: row %d skipped (%s): %s", row.index, reason, err)
-            dropped.append({"row": row.index, "reason": reason, "message": str(err), "key": row.key})
-            continue
-        writer.add(clip, tensors)
-    manifest["dropped"] = dropped
-    manifest["dataset"] = dataset.report().summary()
+        if row.key not in done:
+            result = _encode_row(dataset, i, (vae, text_encoder, audio_encoder))
+            if isinstance(result[0], RawClip):
+                writer.add(*result)
+            else:
+                log.warning("cache: row %d skipped (%s): %s", row.index, *result)
+                dropped.append({"row": row.index, "reason": result[0], "message": result[1], "key": row.key})
     writer.flush()
+    manifest["dropped"], manifest["dataset"] = dropped, dataset.report().summary()
     _write_json(out / MANIFEST, manifest)
     log.info("cache %s: %d samples, %d rows dropped", out, len(manifest["samples"]), len(dropped))
     return manifest

@@ -192,3 +192,12 @@ def test_short_audio_features_and_patch_mismatch(dataset, tmp_path):
     assert "78 feature columns" in manifest["dropped"][0]["message"]
     with pytest.raises(ValueError, match="8-pixel tokens"):
         build_cache(ds, ToyCodec(8), TinyText(), TinyAudio(), tmp_path / "d")
+
+
+def test_row_that_stops_loading_is_dropped(kit, tmp_path):
+    ds = RawClipDataset(kit.csv([kit.row("a"), kit.row("b", seed=2)]), None, 32, 32, patch=8, loudness_lufs=None)
+    (kit.root / "b/input.mkv").unlink()  # validated, then gone before caching
+    manifest = build_cache(ds, ToyCodec(4), TinyText(), TinyAudio(), tmp_path / "c", dtype=torch.float32)
+    assert [s["row"] for s in manifest["samples"]] == [0]
+    assert [(d["row"], d["reason"]) for d in manifest["dropped"]] == [(1, "load_failed")]
+    assert "input.mkv" in manifest["dropped"][0]["message"]
