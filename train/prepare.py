@@ -368,8 +368,10 @@ def _write_csv(path: Path, rows: list[dict[str, str]]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """`cointeract prepare MANIFEST OUT_DIR`: returns 0 when at least one clip was written, else 1."""
-    parser = argparse.ArgumentParser(prog="cointeract prepare", description=__doc__.split("\n\n")[0])
-    parser.add_argument("manifest", type=Path, help="JSON manifest of source videos (see the module docstring)")
+    parser = argparse.ArgumentParser(
+        prog="cointeract prepare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("manifest", type=Path, help="JSON manifest of source videos (format above)")
     parser.add_argument("out_dir", type=Path, help="dataset root to write (clips/, data.csv, prepare_report.json)")
     parser.add_argument("--stride", type=int, default=80, help="frames between clip starts (default 80)")
     parser.add_argument("--first-start", type=int, default=73, help="first clip start (default 73: has motion)")
