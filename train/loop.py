@@ -46,7 +46,16 @@ from .stages import Batch, StageSpan, drop_frozen_grads, make_batch, set_trainab
 
 log = logging.getLogger(__name__)
 
-__all__ = ["train", "TrainResult", "TrainingDiverged", "compute_losses", "lr_at", "sample_generator", "StepIndices"]
+__all__ = [
+    "train",
+    "TrainResult",
+    "TrainingDiverged",
+    "forward_batch",
+    "compute_losses",
+    "lr_at",
+    "sample_generator",
+    "StepIndices",
+]
 
 
 class TrainingDiverged(RuntimeError):
@@ -266,7 +275,8 @@ def _resume(accelerator, cfg: TrainConfig, root: Path, state: RunState, trainabl
 # ---------------------------------------------------------------------------------------------- one step
 
 
-def _forward(model: nn.Module, batch: Batch, span: StageSpan) -> DiTOutput:
+def forward_batch(model: nn.Module, batch: Batch, span: StageSpan) -> DiTOutput:
+    """One DiT forward on a prepared batch under the stage's attention mode (router logits always returned)."""
     return model(
         batch.x,
         batch.timestep,
@@ -320,7 +330,7 @@ def _train_step(
         gens = [sample_generator(cfg.runtime.seed, step, j) for j in slots]
         batch = make_batch(part, gens, schedule, cfg.dropout, span.stage).to(accelerator.device)
         with nullcontext() if m == accum - 1 else accelerator.no_sync(model):
-            out = _forward(model, batch, span)
+            out = forward_batch(model, batch, span)
             parts = compute_losses(out, batch, cfg.stage_loss(span.stage))
             accelerator.backward(parts.total / accum)
         hoi = parts.hoi.detach() if parts.hoi is not None else torch.zeros(())
