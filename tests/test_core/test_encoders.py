@@ -122,6 +122,8 @@ def test_vae_loads_pth_comfy_safetensors_and_diffusers_folder(tiny_vae: wan_vae.
     assert torch.equal(vae.encode(x), z) and torch.equal(vae.decode(z), tiny_vae.decode(z))
     with pytest.raises(ValueError, match="do not fit"):  # diffusers names, no config.json: the Wan 2.1 default size
         wan_vae.WanVAE.from_file(tmp_path / "vae_diffusers_names.safetensors")
+    assert vae.mean.flatten()[[0, 7, 15]].tolist() == pytest.approx([-0.7571, 1.5508, -0.2921])  # Wan's constants
+    assert vae.std.flatten()[[0, 8, 15]].tolist() == pytest.approx([2.8184, 3.2687, 1.9160])
     bf16 = wan_vae.WanVAE.from_file(tmp_path / "wan_2.1_vae.safetensors", dtype=torch.bfloat16)
     assert bf16.dtype == torch.bfloat16 and bf16.encode(x).dtype == torch.float32
 
@@ -368,7 +370,12 @@ def test_wav2vec_loads_comfy_and_old_hf_names(tiny_w2v: wav2vec.Wav2Vec2Features
         ".parametrizations.weight.original1", ".weight_v"): v for k, v in sd.items()}  # fmt: skip
     old.update({"lm_head.weight": torch.zeros(5, 64), "lm_head.bias": torch.zeros(5)})  # Wav2Vec2ForCTC
     (tmp_path / "hf").mkdir()
-    torch.save(old, tmp_path / "hf" / "pytorch_model.bin")
+    shards = {"pytorch_model-00001-of-00002.bin": dict(list(old.items())[::2]),
+              "pytorch_model-00002-of-00002.bin": dict(list(old.items())[1::2])}  # fmt: skip
+    for name, part in shards.items():
+        torch.save(part, tmp_path / "hf" / name)
+    weight_map = {k: name for name, part in shards.items() for k in part}
+    (tmp_path / "hf" / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": weight_map}))
     (tmp_path / "hf" / "config.json").write_text(json.dumps(tiny_w2v.model.config.to_dict()))
     (tmp_path / "hf" / "preprocessor_config.json").write_text(json.dumps({"do_normalize": True}))
     x, expected = speech(), tiny_w2v.hidden_states(speech())
