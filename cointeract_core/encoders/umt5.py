@@ -188,20 +188,33 @@ class _Transformers:
         return list(self.tok(text, add_special_tokens=True, truncation=True, max_length=max_length).input_ids)
 
 
+def _from_folder(folder: Path) -> _SentencePiece | _Transformers | None:
+    """tokenizer.json through transformers, else spiece.model through sentencepiece (no protobuf needed)."""
+    if (folder / "tokenizer.json").is_file():
+        return _Transformers(folder)
+    if (folder / "spiece.model").is_file():
+        return _SentencePiece((folder / "spiece.model").read_bytes())
+    return None
+
+
 def _tokenizer(tokenizer: PathLike | None, weights: Path, spiece: bytes | None) -> _SentencePiece | _Transformers:
     if tokenizer is not None:
         tokenizer = Path(tokenizer).expanduser()
         if not tokenizer.exists():
             raise FileNotFoundError(f"tokenizer {tokenizer}: no such file or folder")
-        return _SentencePiece(tokenizer.read_bytes()) if tokenizer.is_file() else _Transformers(tokenizer)
-    if weights.is_dir() and any((weights / n).is_file() for n in ("tokenizer.json", "spiece.model")):
-        return _Transformers(weights)
-    if spiece is not None:
-        return _SentencePiece(spiece)
-    raise ValueError(
-        f"no tokenizer for {weights.name}: pass tokenizer=<folder with the google/umt5-xxl tokenizer files "
-        "(tokenizer.json or spiece.model)> or a spiece.model file. ComfyUI's umt5 files carry their own"
-    )
+        found = _SentencePiece(tokenizer.read_bytes()) if tokenizer.is_file() else _from_folder(tokenizer)
+        if found is None:
+            raise FileNotFoundError(f"tokenizer folder {tokenizer} holds neither tokenizer.json nor spiece.model")
+        return found
+    found = _from_folder(weights) if weights.is_dir() else None
+    if found is None and spiece is not None:
+        found = _SentencePiece(spiece)
+    if found is None:
+        raise ValueError(
+            f"no tokenizer for {weights.name}: pass tokenizer=<folder with the google/umt5-xxl tokenizer files "
+            "(tokenizer.json or spiece.model)> or a spiece.model file. ComfyUI's umt5 files carry their own"
+        )
+    return found
 
 
 class UMT5TextEncoder:

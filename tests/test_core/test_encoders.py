@@ -284,9 +284,11 @@ def test_umt5_loads_comfy_wan_and_hf_files(tiny_t5: umt5.UMT5TextEncoder, spiece
     tiny_t5.model.save_pretrained(tmp_path / "hf")
     for name in tokenizer_dir.iterdir():
         (tmp_path / "hf" / name.name).write_bytes(name.read_bytes())
+    (tmp_path / "spm_only").mkdir()
+    (tmp_path / "spm_only" / "spiece.model").write_bytes(spiece)  # read with sentencepiece itself
     expected = tiny_t5.encode(PROMPTS[:2])
     for name, tok in (("umt5_xxl_fp32.safetensors", None), ("models_t5_umt5-xxl-enc-bf16.pth", tokenizer_dir),
-                      ("hf", None)):  # fmt: skip
+                      ("models_t5_umt5-xxl-enc-bf16.pth", tmp_path / "spm_only"), ("hf", None)):  # fmt: skip
         enc = umt5.UMT5TextEncoder.from_file(tmp_path / name, tokenizer=tok, dtype=torch.float32)
         loaded = enc.model.state_dict()
         assert all(torch.equal(loaded[k], v) for k, v in sd.items()), name
