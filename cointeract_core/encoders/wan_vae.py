@@ -196,7 +196,8 @@ class WanVAE:
         from diffusers import AutoencoderKLWan
 
         torch.manual_seed(seed)
-        return cls(AutoencoderKLWan(**dict(TINY_VAE_CONFIG if config is None else config)).to(dtype))
+        model = AutoencoderKLWan(**dict(TINY_VAE_CONFIG if config is None else config))
+        return cls(torch.nn.Module.to(model, dtype))  # plain cast: diffusers' .to() warns about fp32 modules
 
     def set_tiling(self, tiling: Tiling | None) -> None:
         """Decode (and encode) in spatial tiles when frames exceed `tiling`'s tile; None turns tiling off."""
