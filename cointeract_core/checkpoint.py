@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
+from . import fp8 as fp8_lib
 from . import lora as lora_lib
 from .config import DiTConfig, config_to_json, from_state_dict
 from .safetensors_io import (
@@ -135,6 +136,7 @@ class LoadPlan:
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)
     lora_error: str | None = None
+    fp8_scales: dict[str, torch.Tensor] = field(default_factory=dict)  # ComfyUI scaled_fp8: base weight key -> scale
 
     @property
     def ok(self) -> bool:
@@ -202,6 +204,7 @@ def plan_load(
 ) -> tuple[LoadPlan, nn.Module]:
     """Read headers, infer the config, build the meta model and check every key and shape (no weights read)."""
     base = open_checkpoint(base_paths)
+    base, fp8_scales = fp8_lib.split_scaled_fp8(base)  # fp8 hook: ComfyUI marker + *.scale_weight keys (fp8.py)
     extra = open_checkpoint(cointeract_path) if cointeract_path is not None else None
     _check_families(base, extra)
     full_extra = {k: e for k, e in (extra.entries.items() if extra else ()) if not lora_lib.is_lora_key(k)}
@@ -219,7 +222,7 @@ def plan_load(
     if replaced:
         log.info("%s replaces %d base tensors, e.g. %s", extra.name, len(replaced), replaced[0])
     sources.update({to_model_key(k, cfg.moe is not None): (extra, k) for k in full_extra})
-    plan = LoadPlan(cfg, base, extra, sources)
+    plan = LoadPlan(cfg, base, extra, sources, fp8_scales=fp8_scales)
     plan.missing = sorted(set(expected) - set(sources))
     plan.unexpected = sorted(f"{k} ({src.name})" for k, (src, _) in sources.items() if k not in expected)
     plan.mismatched = sorted(
@@ -271,6 +274,8 @@ def load_dit(
     for ckpt in [c for c in (plan.base, plan.extra) if c is not None and id(c) in by_ckpt]:
         to_model = dict(by_ckpt[id(ckpt)])
         for file_key, tensor in ckpt.iter(list(to_model), dtype=dtype, device=device):
+            if ckpt is plan.base and file_key in plan.fp8_scales:  # fp8 hook: W = w·scale as ComfyUI computes it
+                tensor = fp8_lib.dequantize(tensor, plan.fp8_scales[file_key], dtype)
             _assign(model, to_model[file_key], tensor)
     if plan.lora_keys and lora_strength != 0:
         merged = lora_lib.merge_lora(model, LazyStateDict(plan.extra, plan.lora_keys), lora_strength)
