@@ -39,6 +39,7 @@ __all__ = [
     "config_from_dict",
     "apply_override",
     "train_config_to_json",
+    "config_to_toml",
 ]
 
 # PEFT suffix targets of the official train.sh. The suffix match also hits the audio injectors' q/k/v/o (official).
@@ -92,7 +93,8 @@ class SyntheticConfig:
     frames: int = 2  # latent frames of the target
     height: int = 8  # latent height (pixels / 8)
     width: int = 8
-    seed: int = 0
+    seed: int = 0  # draws the samples; a held-out set is the same config with another seed
+    pattern_seed: int = 0  # draws the hand / face latent patterns (the "world"), shared by train and held-out sets
 
 
 @dataclass(frozen=True)
@@ -351,6 +353,41 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         _check(type(value) is tp, f"{where} must be {tp.__name__}, got {type(value).__name__} {value!r}")
         return value
     raise TypeError(f"{where}: unsupported field type {tp}")  # a bug in this file, not in the user's config
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+
+
+def _toml_table(data: dict, header: str, array: bool = False) -> list[str]:
+    def is_tables(v: Any) -> bool:
+        return isinstance(v, (list, tuple)) and any(isinstance(i, dict) for i in v)
+
+    lines = [f"[[{header}]]" if array else f"[{header}]"] if header else []
+    lines += [
+        f"{k} = {_toml_value(v)}"
+        for k, v in data.items()
+        if v is not None and not isinstance(v, dict) and not is_tables(v)
+    ]
+    for key, sub in data.items():
+        name = f"{header}.{key}" if header else key
+        if isinstance(sub, dict):
+            lines += ["", *_toml_table(sub, name)]
+        elif is_tables(sub):
+            for item in sub:
+                lines += ["", *_toml_table(item, name, array=True)]
+    return lines
+
+
+def config_to_toml(cfg: TrainConfig) -> str:
+    """The resolved config as a TOML file that `load_config` reads back to an equal TrainConfig."""
+    return "\n".join(_toml_table(dataclasses.asdict(cfg), "")).lstrip() + "\n"
 
 
 def train_config_to_json(cfg: TrainConfig) -> str:

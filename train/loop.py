@@ -4,15 +4,16 @@ Reads top to bottom like DiT's train.py: accelerator -> model (frozen base + PEF
 data -> AdamW + LR schedule -> resume -> the loop over global steps, where the stage (attention mode, lr,
 trainable set, HOI stream) is looked up as data -> metrics, atomic checkpoints, official-layout exports.
 
-Every random choice for a sample (condition dropout, timestep, noise) comes from a generator seeded by
-(seed, step, global slot), and the sample order is a fixed stream, so a resumed run repeats an uninterrupted one
-exactly, and N processes see the same samples and noise as one process with N-fold gradient accumulation.
+Every random choice for a sample comes from a generator seeded by (seed, step, global slot) and the sample order
+is a fixed stream (`sampling.py`): a resumed run repeats an uninterrupted one exactly, and N processes see the
+same samples and noise as one process with N-fold gradient accumulation.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -20,10 +21,8 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Sampler
 
 from ..cointeract_core.model import DiTOutput
 from .builders import DTYPES, build_dataset, build_model, load_start_checkpoint
@@ -36,12 +35,13 @@ from .checkpoints import (
     remove_stale,
     save_checkpoint,
 )
-from .config import LossConfig, TrainConfig, train_config_to_json
+from .config import DropoutConfig, LossConfig, StageConfig, TrainConfig, config_to_toml, train_config_to_json
 from .export import export_state_dict
 from .lora_peft import inject_lora
 from .losses import FlowSchedule, LossParts, flow_loss, router_counts, router_loss, router_summary, total_loss
 from .metrics import MetricsLog, peak_memory_mb
 from .sample import TrainSample
+from .sampling import global_slot, sample_generator, seeded_generator, step_loader
 from .stages import Batch, StageSpan, drop_frozen_grads, make_batch, set_trainable, stage_at, stage_spans
 
 log = logging.getLogger(__name__)
@@ -52,9 +52,8 @@ __all__ = [
     "TrainingDiverged",
     "forward_batch",
     "compute_losses",
+    "evaluate",
     "lr_at",
-    "sample_generator",
-    "StepIndices",
 ]
 
 
@@ -75,6 +74,8 @@ def train(cfg: TrainConfig, dataset: Sequence[TrainSample] | None = None) -> Tra
     accelerator = _make_accelerator(cfg)
     out = Path(cfg.runtime.output_dir)
     torch.manual_seed(cfg.runtime.seed)
+    if accelerator.is_main_process:  # the resolved config, to rerun or resume with
+        _write_text(out / "config.toml", config_to_toml(cfg))
 
     # Model: frozen base (+ LoRA through peft), MoE router / experts and HOI modules trained in full.
     model = build_model(cfg.model)
@@ -110,7 +111,7 @@ def train(cfg: TrainConfig, dataset: Sequence[TrainSample] | None = None) -> Tra
     start = _resume(accelerator, cfg, out / "checkpoints", state, trainable)
     metrics = MetricsLog(out / "metrics.jsonl", accelerator.is_main_process)
     metrics.truncate(start)
-    loader = iter(_loader(dataset, cfg, accelerator, start))
+    loader = iter(step_loader(dataset, cfg, accelerator.num_processes, accelerator.process_index, start))
     schedule = {s.name: FlowSchedule(cfg.stage_loss(s)) for s in cfg.stages}
     progress = _progress_bar(cfg, accelerator, start)
     last = latest_checkpoint(out / "checkpoints")
@@ -168,6 +169,13 @@ def _make_accelerator(cfg: TrainConfig):
     return accelerator
 
 
+def _write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
 @torch.no_grad()
 def _cast_params(model: nn.Module, base_dtype: torch.dtype) -> None:
     """Frozen weights in the base dtype, trainable ones in fp32 (AdamW on fp32 master weights)."""
@@ -187,58 +195,6 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
         return span.stage.lr
     progress = (s - o.warmup_steps) / max(1, n - o.warmup_steps)
     return span.stage.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def _seeded(*entropy: int) -> torch.Generator:
-    words = np.random.SeedSequence(list(entropy)).generate_state(2, dtype=np.uint32)
-    return torch.Generator().manual_seed(int(words[0]) << 32 | int(words[1]))
-
-
-def sample_generator(seed: int, step: int, slot: int) -> torch.Generator:
-    """The generator of global sample slot `slot` at optimizer step `step` (independent of process layout)."""
-    return _seeded(seed, 0, step, slot)
-
-
-class StepIndices(Sampler):
-    """Dataset indices of this process for each optimizer step from `start`: the step's slice of a fixed stream.
-
-    Global slot j = (micro_step·world + rank)·batch + b of step s reads stream position s·G + j (G = global batch);
-    the stream is one permutation per epoch (seeded) or the identity.
-    """
-
-    def __init__(self, n: int, cfg: TrainConfig, world: int, rank: int, start: int) -> None:
-        self.n, self.seed, self.shuffle = n, cfg.runtime.seed, cfg.data.shuffle
-        self.world, self.rank, self.start, self.total = world, rank, start, cfg.total_steps
-        self.batch, self.accum = cfg.data.batch_size, cfg.optim.gradient_accumulation_steps
-        self._perm: tuple[int, torch.Tensor] | None = None
-
-    def __len__(self) -> int:
-        return self.total - self.start
-
-    def index(self, position: int) -> int:
-        epoch, offset = divmod(position, self.n)
-        if not self.shuffle:
-            return offset
-        if self._perm is None or self._perm[0] != epoch:
-            self._perm = (epoch, torch.randperm(self.n, generator=_seeded(self.seed, 1, epoch)))
-        return int(self._perm[1][offset])
-
-    def __iter__(self):
-        g = self.world * self.accum * self.batch
-        for step in range(self.start, self.total):
-            slots = [
-                (m * self.world + self.rank) * self.batch + b for m in range(self.accum) for b in range(self.batch)
-            ]
-            yield [self.index(step * g + j) for j in slots]
-
-
-def _as_list(samples: list) -> list:
-    return samples
-
-
-def _loader(dataset: Sequence[TrainSample], cfg: TrainConfig, accelerator, start: int) -> DataLoader:
-    sampler = StepIndices(len(dataset), cfg, accelerator.num_processes, accelerator.process_index, start)
-    return DataLoader(dataset, batch_sampler=sampler, collate_fn=_as_list, num_workers=cfg.data.num_workers)
 
 
 def _progress_bar(cfg: TrainConfig, accelerator, start: int):
@@ -326,7 +282,7 @@ def _train_step(
     tokens, timesteps = 0, []
     for m in range(accum):
         part = samples[m * bs : (m + 1) * bs]
-        slots = [(m * accelerator.num_processes + accelerator.process_index) * bs + b for b in range(len(part))]
+        slots = [global_slot(m, accelerator.num_processes, accelerator.process_index, bs, b) for b in range(len(part))]
         gens = [sample_generator(cfg.runtime.seed, step, j) for j in slots]
         batch = make_batch(part, gens, schedule, cfg.dropout, span.stage).to(accelerator.device)
         with nullcontext() if m == accum - 1 else accelerator.no_sync(model):
@@ -363,6 +319,33 @@ def _train_step(
         "step_time_s": elapsed,
         "tokens_per_s": tokens * accelerator.num_processes / elapsed,
         "peak_mem_mb": peak_memory_mb(accelerator.device),
+        **router_summary(counts[:3], counts[3:]),
+    }
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, samples: Sequence[TrainSample], stage: StageConfig, loss: LossConfig, seed: int = 0
+) -> dict[str, float | None]:
+    """Held-out losses and router recall: every condition kept, timesteps and noise from `seed` (eval mode)."""
+    schedule, span, was_training = FlowSchedule(loss), stage_spans([stage])[0], model.training
+    model.eval()
+    sums, counts = torch.zeros(3, dtype=torch.float64), torch.zeros(6, dtype=torch.float64)
+    device = next(model.parameters()).device
+    for i, sample in enumerate(samples):
+        gen = seeded_generator(seed, 2, i)
+        batch = make_batch([sample], [gen], schedule, DropoutConfig(0, 0, 0, 0), stage).to(device)
+        out = forward_batch(model, batch, span)
+        parts = compute_losses(out, batch, loss)
+        hoi = parts.hoi if parts.hoi is not None else torch.zeros(())
+        sums += torch.stack([parts.flow, parts.router, hoi]).double().cpu()
+        counts += torch.cat(router_counts(out.router_logits, batch.router_targets)).cpu()
+    model.train(was_training)
+    n = max(1, len(samples))
+    return {
+        "flow": float(sums[0]) / n,
+        "router": float(sums[1]) / n,
+        "hoi": float(sums[2]) / n,
         **router_summary(counts[:3], counts[3:]),
     }
 

@@ -84,7 +84,7 @@ def _paint(latent: torch.Tensor, labels: torch.Tensor, patterns: torch.Tensor, p
 def synthetic_sample(cfg: DiTConfig, syn: SyntheticConfig, index: int) -> TrainSample:
     """One deterministic sample (`index` seeds it); every optional stream present."""
     c, (ph, pw), f, h, w = cfg.in_dim, cfg.patch_size[1:], syn.frames, syn.height, syn.width
-    fixed = torch.Generator().manual_seed(syn.seed)
+    fixed = torch.Generator().manual_seed(syn.pattern_seed)
     patterns = torch.cat([torch.zeros(c, 1), PATTERN_SCALE * torch.randn(c, 2, generator=fixed)], dim=1)  # [C, 3]
     gen = torch.Generator().manual_seed(syn.seed * 1_000_003 + index + 1)
 
@@ -114,7 +114,7 @@ def synthetic_sample(cfg: DiTConfig, syn: SyntheticConfig, index: int) -> TrainS
 
 
 def synthetic_dataset(cfg: DiTConfig, syn: SyntheticConfig) -> list[TrainSample]:
-    """`syn.num_samples` samples (index-seeded, so a held-out set is `replace(syn, seed=other)`)."""
+    """`syn.num_samples` samples; a held-out set with the same patterns is `replace(syn, seed=other)`."""
     if syn.height % cfg.patch_size[1] or syn.width % cfg.patch_size[2]:
         raise ValueError(f"synthetic latent size {syn.height}x{syn.width} must be divisible by the patch size")
     return [synthetic_sample(cfg, syn, i) for i in range(syn.num_samples)]

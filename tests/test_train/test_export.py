@@ -22,9 +22,10 @@ from comfyui_cointeract.train.config import (
     SyntheticConfig,
 )
 from comfyui_cointeract.train.export import export_checkpoint
-from comfyui_cointeract.train.loop import compute_losses, forward_batch, sample_generator
+from comfyui_cointeract.train.loop import compute_losses, forward_batch
 from comfyui_cointeract.train.lora_peft import inject_lora, lora_modules
 from comfyui_cointeract.train.losses import FlowSchedule
+from comfyui_cointeract.train.sampling import sample_generator
 from comfyui_cointeract.train.stages import make_batch, set_trainable, stage_spans
 from comfyui_cointeract.train.synthetic import synthetic_dataset
 

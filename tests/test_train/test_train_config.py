@@ -100,3 +100,12 @@ def test_bad_override_and_bad_toml(tmp_path):
         load_config(bad)
     with pytest.raises(FileNotFoundError):
         load_config(tmp_path / "missing.toml")
+
+
+def test_config_to_toml_round_trips():
+    import tomllib
+
+    from comfyui_cointeract.train.config import config_to_toml
+
+    cfg = load_config(EXAMPLE, ["stages.1.loss.preset=paper", "model.base=[]", "data.synthetic.seed=3"])
+    assert config_from_dict(tomllib.loads(config_to_toml(cfg))) == cfg

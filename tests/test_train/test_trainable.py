@@ -19,9 +19,10 @@ from comfyui_cointeract.train.config import (
     StageConfig,
     SyntheticConfig,
 )
-from comfyui_cointeract.train.loop import compute_losses, forward_batch, sample_generator
+from comfyui_cointeract.train.loop import compute_losses, forward_batch
 from comfyui_cointeract.train.lora_peft import inject_lora, lora_modules
 from comfyui_cointeract.train.losses import FlowSchedule, flow_loss
+from comfyui_cointeract.train.sampling import sample_generator
 from comfyui_cointeract.train.stages import drop_frozen_grads, make_batch, set_trainable, stage_spans
 from comfyui_cointeract.train.synthetic import synthetic_sample
 
