@@ -23,11 +23,13 @@ HOI_PREFIX = (
 )
 
 
-def resample_features(hidden: torch.Tensor, frame_rate: float, fps: float = 25.0) -> torch.Tensor:
-    """[L, T_feat, A] features at `frame_rate` -> [L, A, int(T_feat/frame_rate·fps)] (linear, align_corners)."""
-    n = int(hidden.shape[1] / frame_rate * fps)
-    if n < 1:
-        raise ValueError(f"audio too short: {hidden.shape[1]} feature frames give no video frame at {fps} fps")
+def resample_features(
+    hidden: torch.Tensor, frame_rate: float = 50.0, fps: float = 25.0, n_frames: int | None = None
+) -> torch.Tensor:
+    """[L, T_feat, A] features at `frame_rate` -> [L, A, N] (linear, align_corners), N = int(T/frame_rate·fps)."""
+    n = int(hidden.shape[1] / float(frame_rate) * fps) if n_frames is None else int(n_frames)  # official float expr
+    if n < 1 or hidden.shape[1] < 1:
+        raise ValueError(f"cannot resample {hidden.shape[1]} feature frames to {n} video frames; audio too short?")
     return F.interpolate(hidden.transpose(1, 2).float(), size=n, mode="linear", align_corners=True)
 
 

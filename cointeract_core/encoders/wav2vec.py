@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
+from ..conditioning import resample_features
 from ..safetensors_io import PathLike
 from .common import KeyView, assign_weights, describe_weights, read_weights, shapes_of
 
@@ -60,12 +60,8 @@ def normalize_waveform(waveform: torch.Tensor) -> torch.Tensor:
 def features_to_fps(
     hidden: torch.Tensor, fps: float = 25.0, n_frames: int | None = None, frame_rate: float = 50.0
 ) -> torch.Tensor:
-    """[L, T50, A] -> [L, A, N] by linear interpolation (align_corners=True), N = int(T50 / 50 * fps) as official."""
-    layers, t, dim = hidden.shape
-    n = int(t / float(frame_rate) * fps) if n_frames is None else int(n_frames)  # the official float expression
-    if n < 1 or t < 1:
-        raise ValueError(f"cannot resample {t} feature frames to {n} video frames (is the audio too short?)")
-    return F.interpolate(hidden.float().transpose(1, 2), size=n, mode="linear", align_corners=True)  # [L, A, N]
+    """[L, T50, A] -> [L, A, N] as the official pipeline; the one implementation is conditioning.resample_features."""
+    return resample_features(hidden, frame_rate, fps, n_frames)
 
 
 def wav2vec2_key(key: str) -> str | None:
