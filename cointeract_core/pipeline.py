@@ -70,7 +70,7 @@ class _ClipSampler:
             person=cond.person.to(dev),
             product=None if cond.product is None else cond.product.to(dev),
             product_scale=cond.product_scale,
-            motion=motion,
+            motion=None if motion is None else motion.to(dev),
             attention="asymmetric",
         )
         pose = cond.pose_for(clip)

@@ -13,22 +13,35 @@ import importlib.util
 import logging
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import ModuleType
 from typing import Any, Protocol
 
 import torch
+
+from ._patcher import FallbackPatcher
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "MODELS_DIR_ENV",
     "MODEL_EXTENSIONS",
+    "COINTERACT_FOLDER",
     "MissingDependencyError",
+    "ProcessingInterrupted",
     "check_interrupt",
     "comfy_available",
     "get_torch_device",
+    "interrupt_processing",
     "intermediate_device",
+    "latent_preview_callback",
+    "load_model",
+    "lora_patch",
+    "release_model",
+    "set_patch",
+    "unload_model",
+    "wan21_latent_stats",
+    "wrap_model",
     "model_file_list",
     "model_file_path",
     "optional_import",
@@ -41,6 +54,7 @@ __all__ = [
 ]
 
 MODELS_DIR_ENV = "COINTERACT_MODELS_DIR"
+COINTERACT_FOLDER = "cointeract"  # models/cointeract: the official CoInteract checkpoints
 # ComfyUI's folder_paths.supported_pt_extensions, minus pickles we never load.
 MODEL_EXTENSIONS = frozenset({".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin"})
 
@@ -172,11 +186,52 @@ def progress_bar(total: int, desc: str | None = None) -> ProgressBar:
     return _TqdmProgress(total, desc)
 
 
+class ProcessingInterrupted(Exception):
+    """Outside ComfyUI: raised by check_interrupt() after interrupt_processing() (ComfyUI raises its own)."""
+
+
+_interrupt_requested = False
+
+
+def interrupt_processing(value: bool = True) -> None:
+    """Ask the running generation to stop at its next step (ComfyUI's cancel button; its /interrupt route)."""
+    global _interrupt_requested
+    mm = _comfy("comfy.model_management")
+    if mm is not None:
+        mm.interrupt_current_processing(value)
+    else:
+        _interrupt_requested = value
+
+
 def check_interrupt() -> None:
-    """Raise ComfyUI's InterruptProcessingException if the user pressed cancel; a no-op outside ComfyUI."""
+    """Raise ComfyUI's InterruptProcessingException if the user pressed cancel (outside ComfyUI:
+    ProcessingInterrupted once after interrupt_processing(); otherwise never)."""
+    global _interrupt_requested
     mm = _comfy("comfy.model_management")
     if mm is not None:
         mm.throw_exception_if_processing_interrupted()
+    elif _interrupt_requested:
+        _interrupt_requested = False
+        raise ProcessingInterrupted("generation cancelled")
+
+
+def latent_preview_callback(total: int, wan21_latents: bool) -> Callable[[int, torch.Tensor], None]:
+    """A callback(done, x) that moves a progress bar of `total` steps; inside ComfyUI with Wan 2.1 latents
+    x [1, 16, F, h, w] (normalised) it also sends a preview of the first latent frame (per --preview-method)."""
+    bar = progress_bar(total, desc="CoInteract")
+    previewer = None
+    if wan21_latents and comfy_available():
+        latent_preview, formats = (
+            importlib.import_module("latent_preview"),
+            importlib.import_module("comfy.latent_formats"),
+        )
+        previewer = latent_preview.get_previewer(get_torch_device(), formats.Wan21())
+
+    def callback(done: int, x: torch.Tensor) -> None:
+        preview = None if previewer is None else previewer.decode_latent_to_preview_image("JPEG", x[:1].float())
+        bar.update_absolute(done, total, preview)
+
+    return callback
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -207,6 +262,79 @@ def unet_offload_device() -> torch.device:
     """Where an idle diffusion model is parked: ComfyUI's choice, else the CPU."""
     mm = _comfy("comfy.model_management")
     return mm.unet_offload_device() if mm is not None else torch.device("cpu")
+
+
+# The Wan 2.1 VAE's per-channel latent statistics (Wan's vae.py; ComfyUI's latent_formats.Wan21): the DiT sees
+# (mu - mean) / std, ComfyUI's VAE returns mu.
+_WAN21_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
+               0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921)  # fmt: skip
+_WAN21_STD = (2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
+              3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160)  # fmt: skip
+
+
+def wan21_latent_stats() -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) [1, 16, 1, 1, 1] float32 of Wan 2.1 VAE latents: ComfyUI's latent_formats.Wan21, else Wan's."""
+    formats = _comfy("comfy.latent_formats")
+    if formats is not None:
+        fmt = formats.Wan21()
+        return fmt.latents_mean.float().view(1, -1, 1, 1, 1), fmt.latents_std.float().view(1, -1, 1, 1, 1)
+    return torch.tensor(_WAN21_MEAN).view(1, -1, 1, 1, 1), torch.tensor(_WAN21_STD).view(1, -1, 1, 1, 1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Models: ModelPatcher inside ComfyUI (its model management loads, offloads and frees them), else FallbackPatcher
+
+
+def wrap_model(model: torch.nn.Module) -> Any:
+    """Wrap a loaded nn.Module so it is managed like a native model: a comfy ModelPatcher, or a FallbackPatcher."""
+    load, offload = get_torch_device(), unet_offload_device()
+    if not comfy_available():
+        return FallbackPatcher(model, load, offload)
+    patcher_mod = importlib.import_module("comfy.model_patcher")
+    return patcher_mod.ModelPatcher(model, load_device=load, offload_device=offload)
+
+
+def load_model(patcher: Any, memory_required: int = 0) -> torch.nn.Module:
+    """Put the patcher's model (with its patches) on the compute device, freeing others as needed; returns it."""
+    mm = _comfy("comfy.model_management")
+    if mm is None:
+        return patcher.load()
+    mm.load_models_gpu([patcher], memory_required=memory_required, force_full_load=True)
+    return patcher.model
+
+
+def release_model(patcher: Any) -> None:
+    """After a generation: inside ComfyUI keep it loaded for the next run (model management offloads it when
+    memory is needed); outside, restore the unpatched weights and park it on the offload device."""
+    if not comfy_available():
+        patcher.unload()
+
+
+def unload_model(patcher: Any) -> None:
+    """Unload the patcher's model (and any clone of it) from the compute device now and free cached memory."""
+    mm = _comfy("comfy.model_management")
+    if mm is None:
+        patcher.unload()
+    else:
+        for loaded in list(mm.current_loaded_models):
+            other = loaded.model
+            if other is not None and (other is patcher or patcher.is_clone(other)):
+                loaded.model_unload()
+                mm.current_loaded_models.remove(loaded)
+    soft_empty_cache()
+
+
+def lora_patch(up: torch.Tensor, down: torch.Tensor) -> Any:
+    """A weight patch adding strength·(up @ down): ComfyUI's LoRAAdapter (no alpha scaling), else ("lora", ...)."""
+    if comfy_available() and importlib.util.find_spec("comfy.weight_adapter") is not None:
+        adapter = importlib.import_module("comfy.weight_adapter.lora").LoRAAdapter
+        return adapter(set(), (up, down, None, None, None, None))
+    return ("lora", (up, down))
+
+
+def set_patch(tensor: torch.Tensor) -> tuple[str, tuple[torch.Tensor]]:
+    """A weight patch replacing the weight by `tensor` (ComfyUI's "set" patch)."""
+    return ("set", (tensor,))
 
 
 def soft_empty_cache() -> None:
@@ -279,3 +407,6 @@ def model_file_path(folder: str, name: str) -> str:
             return full
     where = ", ".join(paths) if paths else f"nowhere: set {MODELS_DIR_ENV} to a folder holding {folder}/"
     raise FileNotFoundError(f"Model in folder '{folder}' with filename '{name}' not found (looked in {where}).")
+
+
+register_model_folder(COINTERACT_FOLDER)
