@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, Mapping
+from typing import Literal
 
 import torch
 
@@ -84,11 +85,13 @@ class DiTConfig:
             raise ValueError(f"dim {self.dim} must be divisible by 4 (the audio encoder splits it in quarters)")
         bad = [i for i in self.audio_inject_layers if not 0 <= i < self.num_layers]
         if bad or len(set(self.audio_inject_layers)) != len(self.audio_inject_layers):
-            raise ValueError(f"audio_inject_layers {self.audio_inject_layers} must be distinct blocks < {self.num_layers}")
+            raise ValueError(
+                f"audio_inject_layers {self.audio_inject_layers} must be distinct blocks < {self.num_layers}"
+            )
         if sum(self.zip_frame_buckets) != self.motion_frames[1]:
             raise ValueError(f"zip_frame_buckets {self.zip_frame_buckets} must sum to {self.motion_frames[1]}")
 
-    def with_cointeract(self, expert_dim: int = 256, hoi: bool = True) -> "DiTConfig":
+    def with_cointeract(self, expert_dim: int = 256, hoi: bool = True) -> DiTConfig:
         """This config plus the CoInteract MoE (and HOI stream when `hoi`)."""
         return dataclasses.replace(self, moe=MoEConfig(expert_dim=expert_dim), hoi=HOIConfig() if hoi else None)
 
@@ -96,13 +99,46 @@ class DiTConfig:
 PRESETS: dict[str, DiTConfig] = {
     # The config of shared/fixtures/wan_s2v_tiny.safetensors (a run of the Wan2.2 reference code).
     "tiny": DiTConfig(
-        dim=128, ffn_dim=256, num_heads=2, num_layers=2, text_dim=64, text_len=32, audio_dim=24,
+        dim=128,
+        ffn_dim=256,
+        num_heads=2,
+        num_layers=2,
+        text_dim=64,
+        text_len=32,
+        audio_dim=24,
         audio_inject_layers=(0, 1),
     ),
     # Tiny CoInteract: head_dim 32, where the Wan and DiffSynth RoPE splits agree (12/10/10 real dims).
     "tiny_cointeract": DiTConfig(
-        dim=64, ffn_dim=128, num_heads=2, num_layers=2, freq_dim=32, text_dim=32, text_len=16, audio_dim=24,
-        audio_inject_layers=(0, 1), moe=MoEConfig(expert_dim=8), hoi=HOIConfig(),
+        dim=64,
+        ffn_dim=128,
+        num_heads=2,
+        num_layers=2,
+        freq_dim=32,
+        text_dim=32,
+        text_len=16,
+        audio_dim=24,
+        audio_inject_layers=(0, 1),
+        moe=MoEConfig(expert_dim=8),
+        hoi=HOIConfig(),
+    ),
+    # The toy world's model (train/world.py + cointeract_core/toy): 64x64 frames through ToyCodec(8) give 768
+    # channels and 8x8 latents, so 4x4 = 16 tokens per latent frame and 320 target tokens per 81-frame clip.
+    "toy": DiTConfig(
+        dim=128,
+        ffn_dim=256,
+        num_heads=4,
+        num_layers=4,
+        freq_dim=64,
+        text_dim=32,
+        text_len=96,
+        in_dim=768,
+        out_dim=768,
+        cond_dim=768,
+        audio_dim=16,
+        audio_inject_layers=(0, 1, 2, 3),
+        moe=MoEConfig(expert_dim=32),
+        hoi=HOIConfig(),
     ),
     "14B": DiTConfig(),
     "14B_cointeract": DiTConfig(moe=MoEConfig(expert_dim=256), hoi=HOIConfig()),
@@ -166,12 +202,23 @@ def from_state_dict(
     inject = _inject_layers(meta_cfg, num_layers, n_inject)
     heads = num_heads or meta_cfg.get("num_heads") or max(1, dim // 128)
     fields = dict(
-        dim=dim, ffn_dim=ffn[0], num_heads=heads, num_layers=num_layers,
-        freq_dim=_shape(sd, "time_embedding.0.weight")[1], text_dim=_shape(sd, "text_embedding.0.weight")[1],
-        text_len=text_len or meta_cfg.get("text_len", 512), in_dim=in_dim, out_dim=head[0] // (patch[2] * patch[3] * patch[4]),
-        patch_size=tuple(patch[2:]), cond_dim=cond[1] if cond else None, audio_dim=conv1_local[1],
-        audio_layers=_shape(sd, "casual_audio_encoder.weights")[1], num_audio_tokens=conv1_local[0] // (dim // 4),
-        audio_inject_layers=inject, moe=_infer_moe(sd, meta_cfg), hoi=_infer_hoi(sd, meta_cfg),
+        dim=dim,
+        ffn_dim=ffn[0],
+        num_heads=heads,
+        num_layers=num_layers,
+        freq_dim=_shape(sd, "time_embedding.0.weight")[1],
+        text_dim=_shape(sd, "text_embedding.0.weight")[1],
+        text_len=text_len or meta_cfg.get("text_len", 512),
+        in_dim=in_dim,
+        out_dim=head[0] // (patch[2] * patch[3] * patch[4]),
+        patch_size=tuple(patch[2:]),
+        cond_dim=cond[1] if cond else None,
+        audio_dim=conv1_local[1],
+        audio_layers=_shape(sd, "casual_audio_encoder.weights")[1],
+        num_audio_tokens=conv1_local[0] // (dim // 4),
+        audio_inject_layers=inject,
+        moe=_infer_moe(sd, meta_cfg),
+        hoi=_infer_hoi(sd, meta_cfg),
     )
     if "eps" in meta_cfg:
         fields["eps"] = meta_cfg["eps"]
@@ -212,8 +259,11 @@ def _infer_moe(sd: Mapping, meta_cfg: dict) -> MoEConfig | None:
         return None
     paper = _shape(sd, "blocks.0.ffn.base_expert.fc1.weight") is not None
     extra = meta_cfg.get("moe") or {}
-    return MoEConfig(expert_dim=fc1[0], experts="paper" if paper else "official",
-                     off_from_timestep=extra.get("off_from_timestep", 900.0))
+    return MoEConfig(
+        expert_dim=fc1[0],
+        experts="paper" if paper else "official",
+        off_from_timestep=extra.get("off_from_timestep", 900.0),
+    )
 
 
 def _infer_hoi(sd: Mapping, meta_cfg: dict) -> HOIConfig | None:
@@ -221,4 +271,3 @@ def _infer_hoi(sd: Mapping, meta_cfg: dict) -> HOIConfig | None:
         return None
     extra = meta_cfg.get("hoi") or {}
     return HOIConfig(width_positions=extra.get("width_positions", "wrap"))
-
