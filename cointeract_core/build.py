@@ -118,9 +118,10 @@ def build_conditioning(
     product_scale: float = 1.0,
     pose: torch.Tensor | None = None,
     hoi: bool = False,
-    opts: InputOptions = InputOptions(),
+    opts: InputOptions | None = None,
 ) -> Conditioning:
     """Images [H0, W0, 3] in [0, 1], one prompt per clip (the last repeats), speech [T] -> Conditioning."""
+    opts = opts or InputOptions()
     if not math.isfinite(product_scale) or product_scale <= 0:
         raise ValueError(f"product scale must be a positive number; got {product_scale}")
     h, w = frame_size(opts, vae)

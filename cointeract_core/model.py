@@ -68,7 +68,9 @@ class CoInteractDiT(nn.Module):
         self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.num_layers))
         self.head = Head(d, cfg.patch_channels, cfg.eps)
         self.cond_encoder = nn.Conv3d(cfg.cond_dim, d, kernel_size=p, stride=p) if cfg.cond_dim else None
-        self.casual_audio_encoder = CausalAudioEncoder(cfg.audio_dim, d, cfg.num_audio_tokens, cfg.audio_layers, cfg.eps)
+        self.casual_audio_encoder = CausalAudioEncoder(
+            cfg.audio_dim, d, cfg.num_audio_tokens, cfg.audio_layers, cfg.eps
+        )
         self.audio_injector = AudioInjector(d, cfg.num_heads, len(cfg.audio_inject_layers), cfg.eps)
         self.trainable_cond_mask = nn.Embedding(3, d)
         self.frame_packer = FramePackMotioner(cfg.in_dim, d, cfg.zip_frame_buckets)
@@ -108,10 +110,15 @@ class CoInteractDiT(nn.Module):
             tokens = torch.cat([tokens, self._embed_hoi(hoi)], dim=1)
         experts_on = t < self.cfg.moe.off_from_timestep if self.cfg.moe else torch.zeros_like(t, dtype=torch.bool)
         ctx = BlockContext(
-            e0=e0, layout=layout, groups=attention_groups(layout, attention),
+            e0=e0,
+            layout=layout,
+            groups=attention_groups(layout, attention),
             freqs=rope_frequencies(layout.positions().to(x.device), self.cfg.head_dim, self.cfg.rope_theta),
-            text=self._text(context), hoi_text=self._text(hoi_context) if hoi is not None else None,
-            experts_on=experts_on, run_router=return_router or self.training, backend=self.attention_backend,
+            text=self._text(context),
+            hoi_text=self._text(hoi_context) if hoi is not None else None,
+            experts_on=experts_on,
+            run_router=return_router or self.training,
+            backend=self.attention_backend,
         )
         audio_tokens, audio_global = self.encode_audio(audio, layout.frames)
         tokens, logits = self._run_blocks(tokens, ctx, audio_tokens, audio_global)
@@ -127,9 +134,14 @@ class CoInteractDiT(nn.Module):
 
         check_inputs(self.cfg, x, product, motion, hoi, hoi_context)
         return SequenceLayout(
-            frames=x.shape[2], latent_hw=(x.shape[3], x.shape[4]), patch_hw=self.cfg.patch_size[1:],
-            product=product is not None, product_scale=float(product_scale), motion=motion is not None,
-            motion_buckets=self.cfg.zip_frame_buckets, hoi=hoi is not None,
+            frames=x.shape[2],
+            latent_hw=(x.shape[3], x.shape[4]),
+            patch_hw=self.cfg.patch_size[1:],
+            product=product is not None,
+            product_scale=float(product_scale),
+            motion=motion is not None,
+            motion_buckets=self.cfg.zip_frame_buckets,
+            hoi=hoi is not None,
             hoi_width=self.cfg.hoi.width_positions if self.cfg.hoi else "wrap",
         )
 
@@ -193,7 +205,9 @@ class CoInteractDiT(nn.Module):
                 x, logits = block(x, ctx)
             all_logits.append(logits)
             if i in inject:
-                res = self.audio_injector(x[:, :n], inject[i], ctx.layout.frames, audio_tokens, audio_global, ctx.backend)
+                res = self.audio_injector(
+                    x[:, :n], inject[i], ctx.layout.frames, audio_tokens, audio_global, ctx.backend
+                )
                 x = torch.cat([x[:, :n] + res.float(), x[:, n:]], dim=1)
         if any(lg is None for lg in all_logits):
             return x, None

@@ -107,11 +107,12 @@ def generate(
     model: CoInteractDiT,
     vae: VideoVAE,
     cond: Conditioning,
-    cfg: SamplerConfig = SamplerConfig(),
-    opts: VideoOptions = VideoOptions(),
+    cfg: SamplerConfig | None = None,
+    opts: VideoOptions | None = None,
     callback: StepCallback | None = None,
 ) -> GenerationResult:
     """Person + product + prompts + audio features -> a long video of clips × 80 frames (see module docstring)."""
+    cfg, opts = cfg or SamplerConfig(), opts or VideoOptions()
     if opts.hoi_preview and model.cfg.hoi is None:
         raise ValueError("HOI preview asked of a checkpoint without HOI weights (no depth_* keys); turn it off")
     n_clips = clip_count(cond.audio_frames, opts.clip_frames, opts.max_clips)

@@ -23,7 +23,9 @@ def check_inputs(
     hoi_context: torch.Tensor | None,
 ) -> None:
     """Raise ValueError for latents the patch / motion convs cannot take or streams the model does not have."""
-    _need(x.ndim == 5 and x.shape[1] == cfg.in_dim, f"x must be [B, {cfg.in_dim}, F, H, W] latents, got {tuple(x.shape)}")
+    _need(
+        x.ndim == 5 and x.shape[1] == cfg.in_dim, f"x must be [B, {cfg.in_dim}, F, H, W] latents, got {tuple(x.shape)}"
+    )
     _, _, _, h, w = x.shape
     ph, pw = cfg.patch_size[1:]
     _need(

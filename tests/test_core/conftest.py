@@ -1,4 +1,4 @@
-"""Core-test fixtures: `ci_cfg` (the tiny CoInteract preset), `ci_model`, randomised models, reference fixtures, input builders."""
+"""Core-test fixtures: `ci_cfg` (tiny CoInteract preset), `ci_model`, reference fixtures, input builders."""
 
 from __future__ import annotations
 
@@ -46,8 +46,11 @@ def make_inputs(cfg: DiTConfig, frames: int = 3, hw: tuple[int, int] = (8, 16), 
         return torch.randn(*shape, generator=gen)
 
     out = dict(
-        x=rnd(1, c, frames, h, w), timestep=torch.tensor([500.0]), context=rnd(1, 5, cfg.text_dim),
-        audio=rnd(1, cfg.audio_layers, cfg.audio_dim, 4 * frames), person=rnd(1, c, 1, h, w),
+        x=rnd(1, c, frames, h, w),
+        timestep=torch.tensor([500.0]),
+        context=rnd(1, 5, cfg.text_dim),
+        audio=rnd(1, cfg.audio_layers, cfg.audio_dim, 4 * frames),
+        person=rnd(1, c, 1, h, w),
     )
     if parts.get("product", True):
         out.update(product=rnd(1, c, 1, h, w), product_scale=0.6)

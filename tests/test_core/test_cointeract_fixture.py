@@ -42,12 +42,21 @@ def model(fx) -> CoInteractDiT:
 def _args(fx: dict, case: str) -> dict:
     t, mode, extras, hoi = CASES[case]
     args = dict(
-        x=fx["input.x"][None], timestep=torch.tensor([t]), context=fx["input.context"][None], audio=fx["input.audio"],
-        person=fx["input.ref_latent"][None], attention=mode, return_router=True,
+        x=fx["input.x"][None],
+        timestep=torch.tensor([t]),
+        context=fx["input.context"][None],
+        audio=fx["input.audio"],
+        person=fx["input.ref_latent"][None],
+        attention=mode,
+        return_router=True,
     )
     if extras:
-        args.update(product=fx["input.product_latent"][None], product_scale=float(fx["input.product_scale"]),
-                    motion=fx["input.motion_latents"][None], pose=fx["input.pose_latents"][None])
+        args.update(
+            product=fx["input.product_latent"][None],
+            product_scale=float(fx["input.product_scale"]),
+            motion=fx["input.motion_latents"][None],
+            pose=fx["input.pose_latents"][None],
+        )
     if hoi:
         args.update(hoi=fx["input.hoi_latents"][None], hoi_context=fx["input.hoi_context"][None])
     return args
@@ -89,6 +98,11 @@ def test_intermediates_match_official(fx, model):
         after = seen[i].clone()
         after[:, : residuals[i].shape[1]] += residuals[i]
         _close(after, fx[f"inter.full_t500.block{i}.out"])
-    for ours, name in [(local, "merged_audio_emb"), (glob, "audio_emb_global"), (e0, "t_mod"), (text, "context_emb"),
-                       (hoi_text, "depth_context")]:
+    for ours, name in [
+        (local, "merged_audio_emb"),
+        (glob, "audio_emb_global"),
+        (e0, "t_mod"),
+        (text, "context_emb"),
+        (hoi_text, "depth_context"),
+    ]:
         _close(ours, fx[f"inter.full_t500.{name}"])

@@ -34,8 +34,10 @@ def test_infers_tiny_with_metadata(wan_fixture):
 
 
 def test_infers_paper_variant_and_sizes():
-    cfg = dataclasses.replace(PRESETS["tiny_cointeract"], moe=dataclasses.replace(PRESETS["tiny_cointeract"].moe,
-                                                                                   experts="paper", expert_dim=12))
+    cfg = dataclasses.replace(
+        PRESETS["tiny_cointeract"],
+        moe=dataclasses.replace(PRESETS["tiny_cointeract"].moe, experts="paper", expert_dim=12),
+    )
     meta = {"cointeract_config": config_to_json(cfg)}
     assert from_state_dict(_meta_shapes(cfg), meta) == cfg
 

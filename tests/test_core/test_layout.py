@@ -32,7 +32,9 @@ def test_positions_per_segment():
     assert set(pos[seg["person"], 0].tolist()) == {30}
     prod = pos[seg["product"]]
     assert set(prod[:, 0].tolist()) == {31}
-    assert sorted(set(prod[:, 1].tolist())) == [0, 1] and max(prod[:, 2].tolist()) == 4  # round(0.6·4)=2, round(0.6·8)=5
+    assert (
+        sorted(set(prod[:, 1].tolist())) == [0, 1] and max(prod[:, 2].tolist()) == 4
+    )  # round(0.6·4)=2, round(0.6·8)=5
     motion_t = sorted(set(pos[seg["motion"], 0].tolist()))
     assert motion_t == [-19, -14, -9, -4, -3, -1]
     hoi = pos[seg["hoi"]]

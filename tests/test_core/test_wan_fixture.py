@@ -21,8 +21,12 @@ def _model(fx: dict) -> CoInteractDiT:
 
 def _args(fx: dict, motion: bool, audio_scale: float = 1.0) -> dict:
     args = dict(
-        x=fx["input.x"][None], timestep=fx["input.t"].float(), context=fx["input.context"][None],
-        audio=fx["input.audio_input"] * audio_scale, person=fx["input.ref_latents"], pose=fx["input.cond_states"],
+        x=fx["input.x"][None],
+        timestep=fx["input.t"].float(),
+        context=fx["input.context"][None],
+        audio=fx["input.audio_input"] * audio_scale,
+        person=fx["input.ref_latents"],
+        pose=fx["input.cond_states"],
     )
     if motion:
         args["motion"] = fx["input.motion_latents"]
@@ -34,8 +38,9 @@ def _close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-4) -> None:
     assert err <= tol * max(b.double().std().item(), 1.0), f"max abs error {err}"
 
 
-@pytest.mark.parametrize("case,motion,audio_scale", [("motion", True, 1.0), ("drop_motion", False, 1.0),
-                                                     ("null_audio", True, 0.0)])
+@pytest.mark.parametrize(
+    "case,motion,audio_scale", [("motion", True, 1.0), ("drop_motion", False, 1.0), ("null_audio", True, 0.0)]
+)
 def test_outputs_match_reference(wan_fixture, case, motion, audio_scale):
     with torch.no_grad():
         out = _model(wan_fixture)(**_args(wan_fixture, motion, audio_scale)).velocity[0]
