@@ -137,3 +137,38 @@ def _with_nan(sample):
     bad = sample.target_alone.clone()
     bad[0, 0, 0, 0] = float("nan")
     return dataclasses.replace(sample, target_alone=bad, target_with_motion=bad)
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """accelerate keeps one process-wide state; a run with another mixed precision needs it reset (tests only)."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
+    yield
+    AcceleratorState._reset_state()
+
+
+def test_gradient_checkpointing_and_bf16(tmp_path, fresh_accelerate_state):
+    tiny = {"preset": "tiny_cointeract", "attention_backend": "sdpa"}
+    plain = train(smoke_config(tmp_path / "plain", (2, 1), model={**tiny, "base_dtype": "fp32"}))
+    ckpt = train(
+        smoke_config(tmp_path / "gc", (2, 1), model={**tiny, "base_dtype": "fp32", "gradient_checkpointing": True})
+    )
+    losses = {p: [r["loss"] for r in read_metrics(p / "metrics.jsonl")] for p in (plain.output_dir, ckpt.output_dir)}
+    assert losses[plain.output_dir] == losses[ckpt.output_dir]  # recomputation is exact
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
+    bf16 = train(
+        smoke_config(
+            tmp_path / "bf16",
+            (2, 1),
+            model={**tiny, "base_dtype": "bf16", "gradient_checkpointing": True},
+            runtime={"mixed_precision": "bf16"},
+        )
+    )
+    got = [r["loss"] for r in read_metrics(bf16.output_dir / "metrics.jsonl")]
+    assert got == pytest.approx(losses[plain.output_dir], rel=2e-2) and got != losses[plain.output_dir]
+    export = load_file(bf16.exports[-1])
+    assert all(t.dtype == torch.float32 for t in export.values())  # trainable weights stay fp32 masters
