@@ -58,18 +58,20 @@ class ToyAudioFeatures:
         """[T] -> [N, feature_dim]: log band energies, log energy, voicing in [0, 1], centroid in [0, 1]."""
         x = self.frames(waveform)
         power = torch.fft.rfft(x * self.window, n=_NFFT).abs().square()  # [N, 257]
-        bands = torch.log10(power @ self.band_matrix + 1e-8) / 4.0
+        bands = torch.log10(power @ self.band_matrix + 1e-3) / 4.0  # floor: empty bands read -0.75
         energy = torch.log10(x.square().mean(1, keepdim=True) + 1e-10) / 4.0
         freqs = torch.fft.rfftfreq(_NFFT, 1.0 / self.sample_rate)
         centroid = (power * freqs).sum(1, keepdim=True) / power.sum(1, keepdim=True).clamp_min(1e-12) / 8000.0
         return torch.cat([bands, energy, self._voicing(x), centroid], dim=1)
 
     def _voicing(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised autocorrelation peak over pitch lags, 0 for near-silent frames: [N, 1]."""
+        """Peak of the normalised (unbiased) autocorrelation over pitch lags, 0 for near-silent frames: [N, 1]."""
         x = x - x.mean(1, keepdim=True)
         ac = torch.fft.irfft(torch.fft.rfft(x, n=2 * _WINDOW).abs().square(), n=2 * _WINDOW)[:, :_WINDOW]
         r0 = ac[:, :1]
-        peak = (ac[:, self.lags[0] : self.lags[1] + 1] / r0.clamp_min(1e-12)).amax(1, keepdim=True)
+        lags = torch.arange(self.lags[0], self.lags[1] + 1)
+        unbiased = ac[:, lags] * _WINDOW / (_WINDOW - lags)  # undo the shrinking overlap at longer lags
+        peak = (unbiased / r0.clamp_min(1e-12)).amax(1, keepdim=True)
         loud = r0 > _WINDOW * 1e-6  # RMS above 1e-3
         return torch.where(loud, peak.clamp(0.0, 1.0), torch.zeros_like(peak))
 
