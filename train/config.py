@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import sys
 import types
 import typing
@@ -182,6 +183,10 @@ class StageConfig:
     loss: LossConfig | None = None  # None: the run's [loss]
 
     def __post_init__(self) -> None:
+        _check(
+            re.fullmatch(r"[A-Za-z0-9_.-]+", self.name) is not None,
+            f"stage name {self.name!r} must be letters, digits, '_', '.' or '-' (it names export files)",
+        )
         _check(self.steps >= 1, f"stage {self.name!r}: steps must be >= 1, got {self.steps}")
         _check(self.lr > 0, f"stage {self.name!r}: lr must be > 0, got {self.lr}")
         _check(bool(self.trainable), f"stage {self.name!r}: trainable is empty, nothing would train")

@@ -11,6 +11,7 @@ same samples and noise as one process with N-fold gradient accumulation.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -20,6 +21,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -35,13 +37,13 @@ from .checkpoints import (
     remove_stale,
     save_checkpoint,
 )
-from .config import DropoutConfig, LossConfig, StageConfig, TrainConfig, config_to_toml, train_config_to_json
+from .config import LossConfig, TrainConfig, config_to_toml, train_config_to_json
 from .export import export_state_dict
 from .lora_peft import inject_lora
 from .losses import FlowSchedule, LossParts, flow_loss, router_counts, router_loss, router_summary, total_loss
 from .metrics import MetricsLog, peak_memory_mb
 from .sample import TrainSample
-from .sampling import global_slot, sample_generator, seeded_generator, step_loader
+from .sampling import global_slot, sample_generator, step_loader
 from .stages import Batch, StageSpan, drop_frozen_grads, make_batch, set_trainable, stage_at, stage_spans
 
 log = logging.getLogger(__name__)
@@ -52,7 +54,6 @@ __all__ = [
     "TrainingDiverged",
     "forward_batch",
     "compute_losses",
-    "evaluate",
     "lr_at",
 ]
 
@@ -70,7 +71,11 @@ class TrainResult:
 
 
 def train(cfg: TrainConfig, dataset: Sequence[TrainSample] | None = None) -> TrainResult:
-    """Run every stage of `cfg`, resuming from the newest checkpoint in runtime.output_dir when there is one."""
+    """Run every stage of `cfg`, resuming from the newest checkpoint in runtime.output_dir when there is one.
+
+    `dataset` replaces the one `cfg.data` describes. accelerate keeps one state per process: runs in the same
+    process must use the same runtime.mixed_precision and runtime.cpu.
+    """
     accelerator = _make_accelerator(cfg)
     out = Path(cfg.runtime.output_dir)
     torch.manual_seed(cfg.runtime.seed)
@@ -112,7 +117,8 @@ def train(cfg: TrainConfig, dataset: Sequence[TrainSample] | None = None) -> Tra
     metrics = MetricsLog(out / "metrics.jsonl", accelerator.is_main_process)
     metrics.truncate(start)
     loader = iter(step_loader(dataset, cfg, accelerator.num_processes, accelerator.process_index, start))
-    schedule = {s.name: FlowSchedule(cfg.stage_loss(s)) for s in cfg.stages}
+    schedules = {s.name: FlowSchedule(cfg.stage_loss(s)) for s in cfg.stages}
+    run = _Run(accelerator, model, optimizer, scheduler, cfg, schedules, stage_params)
     progress = _progress_bar(cfg, accelerator, start)
     last = latest_checkpoint(out / "checkpoints")
 
@@ -120,19 +126,7 @@ def train(cfg: TrainConfig, dataset: Sequence[TrainSample] | None = None) -> Tra
         span = stage_at(spans, step)
         if step == span.start and span.index > 0 and cfg.optim.reset_between_stages:
             optimizer.optimizer.state.clear()  # a stage starts with fresh AdamW moments, as a new official run
-        micro = next(loader)
-        record = _train_step(
-            accelerator,
-            model,
-            optimizer,
-            scheduler,
-            micro,
-            step,
-            span,
-            cfg,
-            schedule[span.stage.name],
-            stage_params[span.stage.name],
-        )
+        record = _train_step(run, next(loader), step, span)
         state.step, state.stage = step + 1, span.stage.name
         metrics.write(record)
         progress.update(1)
@@ -141,7 +135,7 @@ def train(cfg: TrainConfig, dataset: Sequence[TrainSample] | None = None) -> Tra
             last = _checkpoint(accelerator, model, cfg, out, state, trainable, final=step + 1 == span.end)
     progress.close()
     exports = tuple(out / "exports" / f"{s.name}-final.safetensors" for s in cfg.stages)
-    return TrainResult(out, state.step if start < cfg.total_steps else start, exports, last)
+    return TrainResult(out, state.step, exports, last)
 
 
 # ---------------------------------------------------------------------------------------------- setup
@@ -223,6 +217,10 @@ def _resume(accelerator, cfg: TrainConfig, root: Path, state: RunState, trainabl
             f"{latest} was written for a different set of trainable weights (lora / stages changed); "
             "use the original config or a new runtime.output_dir"
         )
+    saved = json.loads(meta["train_config"])
+    changed = [k for k, v in json.loads(train_config_to_json(cfg)).items() if k != "runtime" and saved.get(k) != v]
+    if changed:
+        log.warning("resuming %s with a changed config: %s differ from the run that wrote it", latest, changed)
     accelerator.load_state(str(latest), strict=False)
     log.info("resumed from %s (step %d, stage %s)", latest, state.step, state.stage)
     return state.step
@@ -262,92 +260,70 @@ def compute_losses(out: DiTOutput, batch: Batch, cfg: LossConfig) -> LossParts:
     return total_loss(flow, router, hoi, cfg)
 
 
-def _train_step(
-    accelerator,
-    model,
-    optimizer,
-    scheduler,
-    samples: list,
-    step: int,
-    span: StageSpan,
-    cfg: TrainConfig,
-    schedule: FlowSchedule,
-    keep: set[str],
-) -> dict:
-    """Forward / backward over the step's micro-batches, then clip, check, optimizer step; returns the record."""
-    t0 = time.perf_counter()
+@dataclass(frozen=True)
+class _Run:
+    """What every step uses: the accelerate-prepared objects, the config, and per-stage schedules / trainable sets."""
+
+    accelerator: Any
+    model: nn.Module
+    optimizer: Any
+    scheduler: Any
+    cfg: TrainConfig
+    schedules: dict[str, FlowSchedule]
+    stage_params: dict[str, set[str]]
+
+
+def _forward_backward(
+    run: _Run, samples: list, step: int, span: StageSpan
+) -> tuple[torch.Tensor, torch.Tensor, int, list]:
+    """Accumulate gradients over the step's micro-batches -> (loss sums [4], router counts [6], tokens, timesteps)."""
+    acc, cfg = run.accelerator, run.cfg
     accum, bs = cfg.optim.gradient_accumulation_steps, cfg.data.batch_size
     sums = torch.zeros(4, dtype=torch.float64)  # total, flow, router, hoi
     counts = torch.zeros(6, dtype=torch.float64)  # router hits per class, labelled tokens per class
     tokens, timesteps = 0, []
     for m in range(accum):
         part = samples[m * bs : (m + 1) * bs]
-        slots = [global_slot(m, accelerator.num_processes, accelerator.process_index, bs, b) for b in range(len(part))]
-        gens = [sample_generator(cfg.runtime.seed, step, j) for j in slots]
-        batch = make_batch(part, gens, schedule, cfg.dropout, span.stage).to(accelerator.device)
-        with nullcontext() if m == accum - 1 else accelerator.no_sync(model):
-            out = forward_batch(model, batch, span)
+        gens = [
+            sample_generator(cfg.runtime.seed, step, global_slot(m, acc.num_processes, acc.process_index, bs, b))
+            for b in range(len(part))
+        ]
+        batch = make_batch(part, gens, run.schedules[span.stage.name], cfg.dropout, span.stage).to(acc.device)
+        with nullcontext() if m == accum - 1 else acc.no_sync(run.model):
+            out = forward_batch(run.model, batch, span)
             parts = compute_losses(out, batch, cfg.stage_loss(span.stage))
-            accelerator.backward(parts.total / accum)
+            acc.backward(parts.total / accum)
         hoi = parts.hoi.detach() if parts.hoi is not None else torch.zeros(())
         sums += torch.stack([parts.total.detach(), parts.flow.detach(), parts.router.detach(), hoi]).double().cpu()
         if out.router_logits is not None:
             counts += torch.cat(router_counts(out.router_logits.detach(), batch.router_targets)).cpu()
         tokens += batch.router_targets.shape[0] * batch.router_targets.shape[1]
         timesteps += batch.timestep.tolist()
-    drop_frozen_grads(accelerator.unwrap_model(model), keep)
-    grad_norm = _clip(accelerator, model, cfg.optim.grad_clip)
-    sums = accelerator.reduce(sums.to(accelerator.device) / accum, "mean").cpu()
-    _stop_if_not_finite(accelerator, sums, grad_norm, step, cfg)
-    lr = scheduler.get_last_lr()[0]
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-    counts = accelerator.reduce(counts.to(accelerator.device), "sum").cpu()
+    return sums / accum, counts, tokens, timesteps
+
+
+def _train_step(run: _Run, samples: list, step: int, span: StageSpan) -> dict:
+    """Forward / backward, drop other stages' gradients, clip, stop on NaN / inf, optimizer step -> the record."""
+    t0, acc = time.perf_counter(), run.accelerator
+    sums, counts, tokens, timesteps = _forward_backward(run, samples, step, span)
+    drop_frozen_grads(acc.unwrap_model(run.model), run.stage_params[span.stage.name])
+    grad_norm = _clip(acc, run.model, run.cfg.optim.grad_clip)
+    sums = acc.reduce(sums.to(acc.device), "mean").cpu()
+    _stop_if_not_finite(acc, sums, grad_norm, step, run.cfg)
+    lr = run.scheduler.get_last_lr()[0]
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    counts = acc.reduce(counts.to(acc.device), "sum").cpu()
     elapsed = time.perf_counter() - t0
     return {
-        "step": step + 1,
-        "stage": span.stage.name,
-        "stage_step": step + 1 - span.start,
-        "loss": float(sums[0]),
-        "flow": float(sums[1]),
-        "router": float(sums[2]),
-        "hoi": float(sums[3]) if span.stage.hoi else None,
-        "lr": lr,
-        "grad_norm": grad_norm,
-        "timesteps": timesteps,
-        "step_time_s": elapsed,
-        "tokens_per_s": tokens * accelerator.num_processes / elapsed,
-        "peak_mem_mb": peak_memory_mb(accelerator.device),
-        **router_summary(counts[:3], counts[3:]),
-    }
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module, samples: Sequence[TrainSample], stage: StageConfig, loss: LossConfig, seed: int = 0
-) -> dict[str, float | None]:
-    """Held-out losses and router recall: every condition kept, timesteps and noise from `seed` (eval mode)."""
-    schedule, span, was_training = FlowSchedule(loss), stage_spans([stage])[0], model.training
-    model.eval()
-    sums, counts = torch.zeros(3, dtype=torch.float64), torch.zeros(6, dtype=torch.float64)
-    device = next(model.parameters()).device
-    for i, sample in enumerate(samples):
-        gen = seeded_generator(seed, 2, i)
-        batch = make_batch([sample], [gen], schedule, DropoutConfig(0, 0, 0, 0), stage).to(device)
-        out = forward_batch(model, batch, span)
-        parts = compute_losses(out, batch, loss)
-        hoi = parts.hoi if parts.hoi is not None else torch.zeros(())
-        sums += torch.stack([parts.flow, parts.router, hoi]).double().cpu()
-        counts += torch.cat(router_counts(out.router_logits, batch.router_targets)).cpu()
-    model.train(was_training)
-    n = max(1, len(samples))
-    return {
-        "flow": float(sums[0]) / n,
-        "router": float(sums[1]) / n,
-        "hoi": float(sums[2]) / n,
-        **router_summary(counts[:3], counts[3:]),
-    }
+        "step": step + 1, "stage": span.stage.name, "stage_step": step + 1 - span.start,
+        "loss": float(sums[0]), "flow": float(sums[1]), "router": float(sums[2]),
+        "hoi": float(sums[3]) if span.stage.hoi else None, "lr": lr, "grad_norm": grad_norm,
+        "timesteps": timesteps,  # this process's (the main process's in the log)
+        "step_time_s": elapsed, "target_tokens_per_s": tokens * acc.num_processes / elapsed,
+        "peak_mem_mb": peak_memory_mb(acc.device), **router_summary(counts[:3], counts[3:]),
+    }  # fmt: skip
 
 
 def _clip(accelerator, model: nn.Module, max_norm: float) -> float | None:

@@ -41,7 +41,7 @@ def test_two_stages_run_back_to_back_with_metrics_checkpoints_and_exports(tmp_pa
     assert [r["stage"] for r in records] == ["stage1"] * 3 + ["stage2"] * 3
     assert [r["lr"] for r in records] == pytest.approx([lr_at(cfg, s) for s in range(6)])
     for r in records:
-        assert all(math.isfinite(r[k]) for k in ("loss", "flow", "router", "hoi", "grad_norm", "tokens_per_s"))
+        assert all(math.isfinite(r[k]) for k in ("loss", "flow", "router", "hoi", "grad_norm", "target_tokens_per_s"))
         assert r["peak_mem_mb"] > 0 and 0 <= r["router_balanced_acc"] <= 1 and len(r["timesteps"]) == 1
         assert r["router_prior_hand"] is not None and r["step_time_s"] > 0
     assert _steps(tmp_path) == [4, 6]  # checkpoints at 2, 3 (stage end), 4, 6: the newest two are kept
@@ -73,7 +73,7 @@ def test_a_crash_then_resume_repeats_the_uninterrupted_run(tmp_path, monkeypatch
     real_step = loop._train_step
 
     def crash_at_5(*args, **kwargs):
-        if args[5] == 4:  # the 0-based global step: after the checkpoints at steps 2, 3 and 4
+        if args[2] == 4:  # the 0-based global step: after the checkpoints at steps 2, 3 and 4
             raise KeyboardInterrupt("simulated crash")
         return real_step(*args, **kwargs)
 

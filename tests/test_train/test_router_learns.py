@@ -9,7 +9,8 @@ import torch
 from comfyui_cointeract.cointeract_core.config import PRESETS
 from comfyui_cointeract.train.builders import build_model, load_start_checkpoint
 from comfyui_cointeract.train.config import SyntheticConfig
-from comfyui_cointeract.train.loop import evaluate, train
+from comfyui_cointeract.train.evaluate import evaluate
+from comfyui_cointeract.train.loop import train
 from comfyui_cointeract.train.lora_peft import inject_lora
 from comfyui_cointeract.train.synthetic import smoke_config, synthetic_dataset
 
