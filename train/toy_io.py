@@ -19,7 +19,7 @@ from PIL import Image
 
 from ..cointeract_core.fileio import atomic_output
 
-__all__ = ["write_lossless_video", "write_png", "lossless_video_suffix"]
+__all__ = ["write_lossless_video", "write_png", "lossless_video_suffix", "frame_grid"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,3 +60,17 @@ def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
         raise ValueError(f"expected a uint8 RGB image [H, W, 3], got {image.dtype} {image.shape}")
     with atomic_output(path) as tmp:
         Image.fromarray(image).save(tmp, format="PNG")
+
+
+def frame_grid(frames: np.ndarray, columns: int = 10, step: int = 8, scale: int = 1) -> np.ndarray:
+    """Every `step`-th frame of [T, H, W, 3] uint8 tiled in rows of `columns` (black padding), enlarged `scale`x."""
+    picked = np.asarray(frames)[::step]
+    if picked.ndim != 4 or not len(picked) or columns < 1 or scale < 1:
+        raise ValueError(
+            f"expected frames [T, H, W, 3] and positive columns/scale, got {picked.shape}, {columns}, {scale}"
+        )
+    rows = -(-len(picked) // columns)
+    pad = np.zeros((rows * columns - len(picked),) + picked.shape[1:], dtype=picked.dtype)
+    tiles = np.concatenate([picked, pad]).reshape(rows, columns, *picked.shape[1:])
+    grid = tiles.transpose(0, 2, 1, 3, 4).reshape(rows * picked.shape[1], columns * picked.shape[2], 3)
+    return grid.repeat(scale, axis=0).repeat(scale, axis=1)

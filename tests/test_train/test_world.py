@@ -15,6 +15,7 @@ from comfyui_cointeract.cointeract_core.toy import TOY_VOCABULARY, ToyCodec
 from comfyui_cointeract.cointeract_core.toy.text import tokenize
 from comfyui_cointeract.train.clip_media import iter_frames
 from comfyui_cointeract.train.data import validate_csv
+from comfyui_cointeract.train.toy_io import frame_grid, write_png
 from comfyui_cointeract.train.world import (
     PRODUCT_COLOURS,
     PRODUCT_SIZES,
@@ -265,3 +266,13 @@ def test_dataset_in_the_official_layout(tmp_path, clip):
         assert report.contact_error_px == 0.0 and report.penetration_rate == 0.0  # lossless video
     kept, report = validate_csv(csv_path, None)
     assert len(kept) == 2 and not report.dropped and not report.warnings
+
+
+def test_frame_grid_png(tmp_path, clip):
+    """The grid the demo and the docs show: every 8th frame, 10 per row (written as a PNG artefact)."""
+    grid = frame_grid(clip.clip.frames, columns=10, step=8, scale=2)
+    assert grid.shape == (2 * 64 * 2, 10 * 64 * 2, 3)
+    assert np.array_equal(grid[: 2 * 64 : 2, 64 * 2 * 3 : 64 * 2 * 4 : 2], clip.clip.frames[24])
+    assert not grid[2 * 64 * 2 - 1, -1].any()  # padding tiles are black
+    write_png(tmp_path / "grid.png", grid)
+    assert (tmp_path / "grid.png").stat().st_size > 1000
