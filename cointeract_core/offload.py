@@ -31,7 +31,7 @@ __all__ = [
     "swapped_indices",
     "install_block_swap",
     "conditioning_to",
-    "enable_vae_tiling",
+    "set_vae_tiling",
 ]
 log = logging.getLogger(__name__)
 
@@ -325,11 +325,12 @@ def conditioning_to(cond: Any, device: torch.device | str) -> Any:
     return dataclasses.replace(cond, **{f.name: move(getattr(cond, f.name)) for f in dataclasses.fields(cond)})
 
 
-def enable_vae_tiling(vae: Any, enabled: bool = True) -> None:
-    """Switch tiled decode on through the VAE's optional `set_tiling(enabled)`; raises if it has none."""
+def set_vae_tiling(vae: Any, tiling: Any | None) -> None:
+    """Tiled decode through the VAE's optional `set_tiling(tiling)` (WanVAE: an encoders.Tiling; None turns it off).
+
+    Raises for a VAE without the method instead of silently decoding whole frames.
+    """
     setter = getattr(vae, "set_tiling", None)
     if not callable(setter):
-        raise ValueError(
-            f"{type(vae).__name__} has no tiled decode (no set_tiling method); turn VAE tiling off for this VAE"
-        )
-    setter(enabled)
+        raise ValueError(f"{type(vae).__name__} has no tiled decode (no set_tiling method); turn VAE tiling off")
+    setter(tiling)

@@ -16,6 +16,7 @@ import torch
 from .conditioning import Conditioning, clip_count
 from .heatmaps import router_probabilities
 from .model import CoInteractDiT
+from .offload import conditioning_to
 from .protocols import VideoVAE
 from .sampler import SamplerConfig, StepCallback, cfg_combine, sample
 
@@ -116,6 +117,7 @@ def generate(
     if opts.hoi_preview and model.cfg.hoi is None:
         raise ValueError("HOI preview asked of a checkpoint without HOI weights (no depth_* keys); turn it off")
     n_clips = clip_count(cond.audio_frames, opts.clip_frames, opts.max_clips)
+    cond = conditioning_to(cond, "cpu")  # memory: only each clip's window goes to the model's device
     result = GenerationResult(frames=torch.empty(0), audio_frames=cond.audio_frames, seeds=[])
     frames, hoi_frames, maps, history = [], [], [], None
     for r in range(n_clips):
@@ -131,8 +133,8 @@ def generate(
         if sampler.router_steps:
             maps.append(_frame_maps(sampler, model.cfg.patch_size, cond, opts))
         result.seeds.append(cfg.seed + r)
-        result.latents.append(latents)
-        result.motion_latents.append(motion)
+        result.latents.append(latents.cpu())  # memory: results of past clips do not stay on the GPU
+        result.motion_latents.append(None if motion is None else motion.cpu())
     result.frames = torch.cat(frames)
     result.hoi_frames = torch.cat(hoi_frames) if hoi_frames else None
     result.router_maps = torch.cat(maps) if maps else None

@@ -201,16 +201,29 @@ def test_conditioning_to_moves_every_tensor():
 
 def test_vae_tiling_needs_set_tiling():
     class Tiled:
-        enabled = False
+        tiling = None
 
-        def set_tiling(self, enabled: bool) -> None:
-            self.enabled = enabled
+        def set_tiling(self, tiling) -> None:
+            self.tiling = tiling
 
     vae = Tiled()
-    offload.enable_vae_tiling(vae)
-    assert vae.enabled
+    offload.set_vae_tiling(vae, (240, 416))
+    assert vae.tiling == (240, 416)
+    offload.set_vae_tiling(vae, None)
+    assert vae.tiling is None
     with pytest.raises(ValueError, match="no tiled decode"):
-        offload.enable_vae_tiling(object())
+        offload.set_vae_tiling(object(), None)
+
+
+def test_wan_vae_tiling_switch():
+    pytest.importorskip("diffusers")
+    from comfyui_cointeract.cointeract_core.encoders import Tiling, WanVAE
+
+    vae = WanVAE.from_config()
+    offload.set_vae_tiling(vae, Tiling.official())
+    assert vae.model.use_tiling and vae.tiling == Tiling.official()
+    offload.set_vae_tiling(vae, None)
+    assert not vae.model.use_tiling
 
 
 @pytest.mark.gpu
