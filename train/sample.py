@@ -32,3 +32,5 @@ class TrainSample:
     audio: torch.Tensor  # [25, A, 4F] wav2vec2 features at 25 fps
     router_targets: torch.Tensor  # [F·h'·w', 3] one-hot over (base, hand, face)
     router_weights: torch.Tensor  # [F·h'·w'] per-token CE weights (base 1, face 10, hand 10)
+    # [L1, text_dim]: the official HOI prefix alone, i.e. the HOI prompt when the prompt is dropped (None: not cached)
+    hoi_empty_prompt: torch.Tensor | None = None

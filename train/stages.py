@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -173,11 +174,13 @@ def _pose(samples: Sequence[TrainSample], drops: Sequence[Drops]) -> torch.Tenso
 
 def _hoi_prompt(sample: TrainSample, drop_prompt: bool) -> torch.Tensor:
     """The HOI prompt; with the prompt dropped, the official one is the HOI prefix alone (`hoi_empty_prompt`)."""
-    empty = getattr(sample, "hoi_empty_prompt", None)
-    if drop_prompt and empty is not None:
-        return empty
-    if drop_prompt:
-        log.debug("prompt dropped but the sample has no hoi_empty_prompt; the HOI stream keeps its prompt")
+    if drop_prompt and sample.hoi_empty_prompt is not None:
+        return sample.hoi_empty_prompt
+    if drop_prompt:  # shown once (Python's default warning filter): the cache stores no prefix-only HOI prompt
+        warnings.warn(
+            "prompt dropout: this sample has no `hoi_empty_prompt` (the official HOI prefix alone), so its HOI "
+            "stream keeps the full HOI prompt while the RGB prompt is dropped; rebuild the cache to get it"
+        )
     return sample.hoi_prompt
 
 

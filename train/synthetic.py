@@ -107,6 +107,7 @@ def synthetic_sample(cfg: DiTConfig, syn: SyntheticConfig, index: int) -> TrainS
         prompt=rnd(5, cfg.text_dim),
         empty_prompt=rnd(2, cfg.text_dim, scale=0.1),
         hoi_prompt=rnd(7, cfg.text_dim),
+        hoi_empty_prompt=rnd(4, cfg.text_dim, scale=0.1),
         audio=rnd(cfg.audio_layers, cfg.audio_dim, 4 * f, scale=0.5),
         router_targets=torch.nn.functional.one_hot(flat, 3).float(),
         router_weights=weights,
