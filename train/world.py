@@ -25,6 +25,8 @@ __all__ = [
     "generate_sequence",
     "make_clip",
     "describe",
+    "slice_sequence",
+    "person_image",
 ]
 
 PRODUCT_COLOURS = {

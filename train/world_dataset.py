@@ -30,10 +30,19 @@ import numpy as np
 
 from ..cointeract_core.media_audio import write_wav
 from .toy_io import lossless_video_suffix, write_lossless_video, write_png
-from .world import WorldClip, WorldConfig, WorldSequence, make_clip
+from .world import PRODUCT_COLOURS, WorldClip, WorldConfig, WorldSequence, generate_sequence, make_clip, person_image
 from .world_eval import ClipTruth
+from .world_render import SILHOUETTE_COLOUR, render_product
 
-__all__ = ["COLUMNS", "official_boxes", "clip_seed", "write_clip", "write_world_dataset", "read_truth"]
+__all__ = [
+    "COLUMNS",
+    "official_boxes",
+    "clip_seed",
+    "write_clip",
+    "write_world_dataset",
+    "read_truth",
+    "write_prepare_sources",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -127,3 +136,61 @@ def read_truth(csv_path: str | os.PathLike, row: dict[str, str]) -> ClipTruth:
     """The ClipTruth beside a row's input video."""
     folder = (Path(csv_path).parent / row["input_video"]).parent
     return ClipTruth.from_json((folder / "truth.json").read_text())
+
+
+def _absolute_detections(seq: WorldSequence) -> dict:
+    """Face and hand boxes of every frame, keyed by absolute frame (the `cointeract prepare` detections file)."""
+    face, hands = {}, {}
+    for k in range(len(seq.frames)):
+        if (box := _box(seq.face_box[k])) is not None:
+            face[str(k)] = box
+        entry = {name: _box(b) for name, b in zip(("l_h", "r_h", "obj"), (*seq.hand_box[k], seq.obj_box[k]))}
+        hands[str(k)] = {name: b for name, b in entry.items() if b is not None}
+    return {"face": face, "hand_object": hands}
+
+
+def _write_source(root: Path, name: str, seq: WorldSequence) -> dict:
+    """Raw media of one long sequence as `cointeract prepare` takes it; returns its manifest entry."""
+    cfg, ext = seq.config, lossless_video_suffix()
+    product = ~((seq.hoi == 0).all(-1) | (seq.hoi == SILHOUETTE_COLOUR).all(-1))  # [T, H, W]
+    body = seq.hoi.copy()
+    body[product] = 0  # prepare puts the video's pixels under the object mask on top: the HOI frame again
+    mask = np.repeat(product[..., None] * np.uint8(255), 3, axis=-1)
+    entry = {"id": name, "prompt": seq.prompt(), "scale": 1.0, "person_image": "person.png"}
+    for key, rel, frames in (
+        ("video", "video", seq.frames),
+        ("body_video", "body", body),
+        ("object_mask", "mask", mask),
+    ):
+        entry[key] = f"raw/{name}_{rel}{ext}"
+        write_lossless_video(root / entry[key], frames, cfg.fps)
+    entry["audio"] = f"raw/{name}.wav"
+    write_wav(root / entry["audio"], seq.audio, cfg.sample_rate)
+    entry["product_image"] = f"raw/{name}_product.png"
+    write_png(
+        root / entry["product_image"],
+        render_product(seq.kind, seq.size, PRODUCT_COLOURS[seq.colour], cfg.height, cfg.width),
+    )
+    entry["detections"] = f"raw/{name}_boxes.json"
+    (root / entry["detections"]).write_text(json.dumps(_absolute_detections(seq)))
+    return entry
+
+
+def write_prepare_sources(
+    root: str | os.PathLike, count: int, seconds: float = 10.0, cfg: WorldConfig | None = None, seed: int = 0
+) -> Path:
+    """Render `count` long sequences as raw sources (video, speech, boxes by absolute frame, body video and object
+    mask for the HOI stream) plus a manifest for `cointeract prepare`; returns the manifest path."""
+    cfg = cfg or WorldConfig()
+    frames = int(round(seconds * cfg.fps))
+    if count <= 0 or frames <= 0:
+        raise ValueError(f"need a positive count and duration, got count={count}, seconds={seconds}")
+    root = Path(root)
+    (root / "raw").mkdir(parents=True, exist_ok=True)
+    write_png(root / "person.png", person_image(cfg))
+    sources = [
+        _write_source(root, f"world_{i:04d}", generate_sequence(cfg, clip_seed(seed, i), frames)) for i in range(count)
+    ]
+    manifest = root / "manifest.json"
+    manifest.write_text(json.dumps({"sources": sources}, indent=1))
+    return manifest

@@ -15,6 +15,7 @@ from comfyui_cointeract.cointeract_core.toy import TOY_VOCABULARY, ToyCodec
 from comfyui_cointeract.cointeract_core.toy.text import tokenize
 from comfyui_cointeract.train.clip_media import iter_frames
 from comfyui_cointeract.train.data import validate_csv
+from comfyui_cointeract.train.prepare import prepare_dataset
 from comfyui_cointeract.train.toy_io import frame_grid, write_png
 from comfyui_cointeract.train.world import (
     PRODUCT_COLOURS,
@@ -22,8 +23,16 @@ from comfyui_cointeract.train.world import (
     WorldConfig,
     generate_sequence,
     make_clip,
+    slice_sequence,
 )
-from comfyui_cointeract.train.world_dataset import COLUMNS, official_boxes, read_truth, write_world_dataset
+from comfyui_cointeract.train.world_dataset import (
+    COLUMNS,
+    clip_seed,
+    official_boxes,
+    read_truth,
+    write_prepare_sources,
+    write_world_dataset,
+)
 from comfyui_cointeract.train.world_eval import (
     UNKNOWN,
     ClipTruth,
@@ -276,3 +285,19 @@ def test_frame_grid_png(tmp_path, clip):
     assert not grid[2 * 64 * 2 - 1, -1].any()  # padding tiles are black
     write_png(tmp_path / "grid.png", grid)
     assert (tmp_path / "grid.png").stat().st_size > 1000
+
+
+def test_cointeract_prepare_consumes_world_sources(tmp_path):
+    """Long sequences as raw sources (video, speech, boxes by absolute frame, body video + object mask)."""
+    manifest = write_prepare_sources(tmp_path / "src", 1, seconds=10, seed=4)
+    report = prepare_dataset(manifest, tmp_path / "out")
+    assert report.clips == 2 and report.validation.kept == 2 and not report.dropped
+    with open(tmp_path / "out" / "data.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    seq = generate_sequence(CFG, clip_seed(4, 0), 250)
+    for row, start in zip(rows, (73, 153)):
+        part = slice_sequence(seq, start, start + 81)
+        face, hands = official_boxes(part)
+        assert json.loads(row["face"]) == face and json.loads(row["hand_object"]) == hands
+        hoi = np.stack(list(iter_frames(tmp_path / "out" / row["hoi_video"]))).astype(np.int16)
+        assert np.abs(hoi - part.hoi).mean() < 4  # body + object recomposed by prepare (H.264 CRF 18)
