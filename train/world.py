@@ -8,7 +8,7 @@ prompt) and adds the person and product reference images. Everything is determin
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -131,20 +131,18 @@ def describe(actions: list[tuple[str, int, int]], colour: str, kind: str, start:
 
 
 def _render(cfg: WorldConfig, geom: Geometry, product_over_hands: bool) -> list[Raster]:
-    """Rasterise in chunks of frames; returns the chunks' rasters."""
+    """Rasterise in chunks of frames (bounds memory for long sequences); returns the chunks' rasters."""
     out = []
     for i in range(0, len(geom.mouth), _CHUNK):
-        part = Geometry(
-            geom.kind,
-            geom.size,
-            geom.centre[i : i + _CHUNK],
-            geom.angle[i : i + _CHUNK],
-            geom.hands[i : i + _CHUNK],
-            geom.mouth[i : i + _CHUNK],
-            geom.show_product,
-        )
+        window = slice(i, i + _CHUNK)
+        part = replace(geom, centre=geom.centre[window], angle=geom.angle[window], hands=geom.hands[window],
+                       mouth=geom.mouth[window])  # fmt: skip
         out.append(rasterize(part, cfg.height, cfg.width, product_over_hands=product_over_hands))
     return out
+
+
+def _joined(rasters: list[Raster], name: str) -> np.ndarray:
+    return np.concatenate([getattr(r, name) for r in rasters])
 
 
 def generate_sequence(
@@ -166,7 +164,6 @@ def generate_sequence(
     envelope = frame_envelope(speech.envelope, cfg.samples_per_frame)
     geom = Geometry(kind, size, track.centre, track.angle, track.hands, envelope)
     rgb_parts = _render(cfg, geom, product_over_hands)
-    cat = lambda name: np.concatenate([getattr(r, name) for r in rgb_parts])  # noqa: E731
     return WorldSequence(
         config=cfg,
         seed=seed,
@@ -178,11 +175,11 @@ def generate_sequence(
         audio=speech.waveform,
         envelope=envelope.astype(np.float32),
         grip=np.repeat(track.grip[:, None], 2, 1),
-        contact=cat("contact"),
-        hand_hidden=cat("hand_hidden").astype(np.float32),
-        face_box=cat("face_box"),
-        hand_box=cat("hand_box"),
-        obj_box=cat("obj_box"),
+        contact=_joined(rgb_parts, "contact"),
+        hand_hidden=_joined(rgb_parts, "hand_hidden").astype(np.float32),
+        face_box=_joined(rgb_parts, "face_box"),
+        hand_box=_joined(rgb_parts, "hand_box"),
+        obj_box=_joined(rgb_parts, "obj_box"),
         actions=track.actions,
     )
 

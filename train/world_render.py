@@ -215,17 +215,15 @@ def _bbox(mask: np.ndarray) -> np.ndarray:
 def _body_masks(geom: Geometry, u, v, t: int) -> dict[str, np.ndarray]:
     """Full (unoccluded) masks of the presenter's parts for t frames."""
     b = BODY
-    ones = np.ones(t)
     head = _ellipse(u, v, b.head_c[0], b.head_c[1], b.head_r[0], b.head_r[1]) & np.ones((t, 1, 1), bool)
     eyes = _ellipse(u, v, b.eye_dx, b.eye_y, b.eye_r, b.eye_r) | _ellipse(u, v, -b.eye_dx, b.eye_y, b.eye_r, b.eye_r)
     ry = b.mouth_ry[0] + b.mouth_ry[1] * np.clip(geom.mouth, 0.0, 1.0)
     elbows = arm_elbows(geom.hands)
     arms = np.zeros((t,) + np.broadcast_shapes(u.shape, v.shape)[1:], dtype=bool)
     for i, side in enumerate((1.0, -1.0)):
-        shoulder = np.array([side * b.shoulder[0], b.shoulder[1]])[None] * ones[:, None]
-        arms |= _capsule(u, v, shoulder, elbows[:, i], b.arm_r) | _capsule(
-            u, v, elbows[:, i], geom.hands[:, i], b.arm_r
-        )
+        shoulder = np.broadcast_to(np.array([side * b.shoulder[0], b.shoulder[1]]), (t, 2))
+        arms |= _capsule(u, v, shoulder, elbows[:, i], b.arm_r)  # upper arm
+        arms |= _capsule(u, v, elbows[:, i], geom.hands[:, i], b.arm_r)  # forearm
     return {
         "torso": _rounded_rect(u - b.torso_c[0], v - b.torso_c[1], *b.torso_half, b.torso_corner),
         "arm": arms,
