@@ -38,11 +38,21 @@ def _preset(name: str) -> DiTConfig:
 
 
 def build_model(cfg: ModelConfig) -> CoInteractDiT:
-    """The DiT before LoRA: base weights from `cfg.base` (CoInteract parts initialised officially), or random."""
+    """The DiT before LoRA: base weights from `cfg.base` (CoInteract parts initialised officially), or random.
+
+    Every random init draws from `cfg.init_seed` (the caller's RNG state is left untouched).
+    """
     preset = _preset(cfg.preset)
-    if not cfg.base:
-        log.info("model: random init of preset %r (seed %d); no base weights given", cfg.preset, cfg.init_seed)
-        return random_base_init(CoInteractDiT(preset, cfg.attention_backend), cfg.init_seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.init_seed)
+        if not cfg.base:
+            log.info("model: random init of preset %r (seed %d); no base weights given", cfg.preset, cfg.init_seed)
+            return random_base_init(CoInteractDiT(preset, cfg.attention_backend), cfg.init_seed)
+        return _model_from_base(cfg, preset)
+
+
+def _model_from_base(cfg: ModelConfig, preset: DiTConfig) -> CoInteractDiT:
+    """Wan2.2-S2V weights read into a model with the preset's MoE / HOI parts, which get the official init."""
     ckpt = open_checkpoint(list(cfg.base))
     family = detect_family(ckpt.shapes())
     if family != "wan22_s2v":

@@ -45,19 +45,19 @@ def test_router_learns_hand_and_face_and_flow_loss_falls(tmp_path):
     before = evaluate(model_from(), held_out, cfg.stages[1], cfg.loss)
     result = train(cfg)
     after = evaluate(model_from(result.exports[-1]), held_out, cfg.stages[1], cfg.loss)
-    print("\nheld-out (24 samples, shift-5 timesteps)  before   after   class prior")
-    for name in ("hand", "face", "base"):
-        print(
-            f"  router recall {name:<5}                  {before[f'router_recall_{name}']:.3f}   "
-            f"{after[f'router_recall_{name}']:.3f}   {after[f'router_prior_{name}']:.3f}"
-        )
-    print(
-        f"  router balanced accuracy               {before['router_balanced_acc']:.3f}   "
-        f"{after['router_balanced_acc']:.3f}   (chance 0.333)"
-    )
-    print(f"  flow loss w(t)·MSE                     {before['flow']:.3f}   {after['flow']:.3f}")
-    print(f"  HOI loss                               {before['hoi']:.3f}   {after['hoi']:.3f}")
-    print(f"  router CE                              {before['router']:.3f}   {after['router']:.3f}")
+    rows = [
+        (f"router recall {n}", f"router_recall_{n}", f"{after[f'router_prior_{n}']:.3f}")
+        for n in ("hand", "face", "base")
+    ]
+    rows += [
+        ("router balanced accuracy", "router_balanced_acc", "0.333 (chance)"),
+        ("flow loss w(t)·MSE", "flow", ""),
+        ("HOI loss", "hoi", ""),
+        ("router CE", "router", ""),
+    ]
+    print(f"\n{'held-out: 24 samples, shift-5 timesteps':<40} before  after  class prior")
+    for label, key, prior in rows:
+        print(f"  {label:<38} {before[key]:.3f}   {after[key]:.3f}  {prior}")
     for name in ("hand", "face"):
         recall, prior = after[f"router_recall_{name}"], after[f"router_prior_{name}"]
         assert recall > max(0.4, 4 * prior), (name, recall, prior)
