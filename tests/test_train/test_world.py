@@ -11,10 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from comfyui_cointeract.cointeract_core.toy import TOY_VOCABULARY, ToyCodec
+from comfyui_cointeract.cointeract_core.config import PRESETS
+from comfyui_cointeract.cointeract_core.model import CoInteractDiT
+from comfyui_cointeract.cointeract_core.toy import TOY_VOCABULARY, ToyAudioFeatures, ToyCodec, ToyTextEncoder
 from comfyui_cointeract.cointeract_core.toy.text import tokenize
+from comfyui_cointeract.train.cache import CachedDataset, build_cache
 from comfyui_cointeract.train.clip_media import iter_frames
-from comfyui_cointeract.train.data import validate_csv
+from comfyui_cointeract.train.data import RawClipDataset, validate_csv
 from comfyui_cointeract.train.prepare import prepare_dataset
 from comfyui_cointeract.train.toy_io import frame_grid, write_png
 from comfyui_cointeract.train.world import (
@@ -249,8 +252,13 @@ def test_impossible_requests_are_refused(tmp_path):
         write_world_dataset(tmp_path, -1)
 
 
-def test_dataset_in_the_official_layout(tmp_path, clip):
-    csv_path = write_world_dataset(tmp_path / "ds", 2, seed=3)
+@pytest.fixture(scope="module")
+def world_csv(tmp_path_factory):
+    return write_world_dataset(tmp_path_factory.mktemp("world") / "ds", 2, seed=3)
+
+
+def test_dataset_in_the_official_layout(world_csv):
+    csv_path = world_csv
     with open(csv_path, newline="") as f:
         reader = csv.DictReader(f)
         rows = list(reader)
@@ -301,3 +309,23 @@ def test_cointeract_prepare_consumes_world_sources(tmp_path):
         assert json.loads(row["face"]) == face and json.loads(row["hand_object"]) == hands
         hoi = np.stack(list(iter_frames(tmp_path / "out" / row["hoi_video"]))).astype(np.int16)
         assert np.abs(hoi - part.hoi).mean() < 4  # body + object recomposed by prepare (H.264 CRF 18)
+
+
+@pytest.mark.slow
+def test_trainer_cache_and_toy_model_consume_the_dataset(world_csv, tmp_path):
+    """World CSV -> RawClipDataset -> latent cache with the toy codec and encoders -> the toy preset's forward."""
+    cfg = PRESETS["toy"]
+    ds = RawClipDataset(world_csv, None, 64, 64, patch=16)
+    encoders = (ToyCodec(8), ToyTextEncoder(cfg.text_dim, cfg.text_len), ToyAudioFeatures(cfg.audio_dim))
+    build_cache(ds, *encoders, tmp_path / "cache", dtype=torch.float32)
+    s = CachedDataset(tmp_path / "cache")[0]
+    assert s.target_with_motion.shape == (768, 20, 8, 8) and s.motion.shape == (768, 19, 8, 8)
+    assert s.audio.shape == (25, 16, 80) and s.router_targets.shape == (320, 3)
+    assert s.router_targets[:, 1].sum() > 0 and s.router_targets[:, 2].sum() > 0  # hand and face tokens
+    model = CoInteractDiT(cfg).train()
+    out = model(
+        s.target_with_motion[None], 500.0, s.prompt[None], s.audio[None], s.person[None], product=s.product[None],
+        motion=s.motion[None], hoi=s.hoi[None], hoi_context=s.hoi_prompt[None], attention="full",
+    )  # fmt: skip
+    assert out.velocity.shape == out.hoi_velocity.shape == (1, 768, 20, 8, 8)
+    assert out.router_logits.shape == (cfg.num_layers, 1, 320, 3)
