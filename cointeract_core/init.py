@@ -10,7 +10,7 @@ from torch import nn
 from .model import CoInteractDiT
 from .moe import MoEFFN
 
-__all__ = ["init_wan_weights", "init_cointeract_parts"]
+__all__ = ["init_wan_weights", "init_cointeract_parts", "init_random"]
 
 
 @torch.no_grad()
@@ -66,3 +66,30 @@ def init_cointeract_parts(model: CoInteractDiT) -> None:
         model.depth_patch_embedding.load_state_dict(model.patch_embedding.state_dict())
         model.depth_head.load_state_dict(model.head.state_dict())
         nn.init.zeros_(model.depth_cond_mask.weight)
+
+
+@torch.no_grad()
+def init_random(model: nn.Module, seed: int = 1234) -> nn.Module:
+    """Every parameter random, zero-initialised paths included (the recipe of the reference fixtures).
+
+    Sorted keys, one randn per key from a seeded generator, then: `*modulation` ×dim^-0.5; audio layer weights
+    0.5+0.5r; padding token and type embeddings 0.5r; norm weights 1+0.1r; other 1-D 0.05r; ≥2-D r/√fan_in.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    dim = getattr(getattr(model, "cfg", None), "dim", 64)
+    for name, p in sorted(model.named_parameters()):
+        r = torch.randn(p.shape, generator=gen)
+        if name.endswith("modulation"):
+            r = r * dim**-0.5
+        elif name == "casual_audio_encoder.weights":
+            r = 0.5 + 0.5 * r
+        elif name.endswith(("padding_tokens", "cond_mask.weight")):
+            r = 0.5 * r
+        elif "norm" in name and p.ndim == 1:
+            r = 1 + 0.1 * r
+        elif p.ndim == 1:
+            r = 0.05 * r
+        else:
+            r = r / (p[0].numel() ** 0.5)
+        p.copy_(r)
+    return model

@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from comfyui_cointeract.cointeract_core.config import PRESETS, DiTConfig
+from comfyui_cointeract.cointeract_core.init import init_random
 from comfyui_cointeract.cointeract_core.model import CoInteractDiT
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -16,25 +17,7 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 def randomize(model: torch.nn.Module, seed: int = 1234) -> torch.nn.Module:
     """Overwrite every parameter so zero-initialised paths contribute (the fixtures' recipe)."""
-    gen = torch.Generator().manual_seed(seed)
-    dim = getattr(getattr(model, "cfg", None), "dim", 64)
-    with torch.no_grad():
-        for name, p in sorted(model.named_parameters()):
-            r = torch.randn(p.shape, generator=gen)
-            if name.endswith("modulation"):
-                r = r * dim**-0.5
-            elif name == "casual_audio_encoder.weights":
-                r = 0.5 + 0.5 * r
-            elif "norm" in name and p.ndim == 1:
-                r = 1 + 0.1 * r
-            elif p.ndim == 1:
-                r = 0.05 * r
-            elif name.endswith(("padding_tokens", "cond_mask.weight")):
-                r = 0.5 * r
-            else:
-                r = r / (p[0].numel() ** 0.5)
-            p.copy_(r)
-    return model
+    return init_random(model, seed)
 
 
 def make_inputs(cfg: DiTConfig, frames: int = 3, hw: tuple[int, int] = (8, 16), seed: int = 0, **parts: bool) -> dict:
