@@ -46,7 +46,7 @@ class ToyTextEncoder:
             raise ValueError(f"text_dim must be an even number >= 2, got {text_dim}")
         if max_length < 1:
             raise ValueError(f"max_length must be >= 1, got {max_length}")
-        self.text_dim, self.max_length, self.buckets = text_dim, max_length, buckets
+        self.text_dim, self.max_length, self.buckets, self.seed = text_dim, max_length, buckets, seed
         self.index = {word: i for i, word in enumerate(TOY_VOCABULARY)}
         gen = torch.Generator().manual_seed(seed)
         # rows: vocabulary, end-of-sequence, then the hash buckets for unknown words

@@ -1,0 +1,178 @@
+"""`cointeract demo`: the toy world end to end on a CPU — data, both training stages, a long video, a report.
+
+Steps: render toy-world clips (official CSV layout) and a held-out set, cache them, train the toy DiT from
+scratch (stage 1 full attention, stage 2 asymmetric; each stage stops at its step count or its share of the time
+budget), save the toy bundle, and generate a multi-clip video from a held-out person / product / speech / prompt
+timeline twice (HOI preview off and on: the RGB frames must be identical). Writes demo.mp4 (with sound),
+hoi_preview.mp4, router_heatmaps.mp4, curves.png, frame_grid.png, toy_bundle.safetensors, report.json/.txt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..cointeract_core.config import PRESETS
+from ..cointeract_core.model import CoInteractDiT
+from ..cointeract_core.toy.bundle import load_bundle, save_bundle
+from .config import LOSS_PRESETS
+from .demo_data import cache_clips, held_out_inputs, toy_encoders, write_clips, write_inputs
+from .demo_report import generate_and_score, write_report
+from .demo_train import toy_stages, train_stages, zero_far_motion
+from .metrics import MetricsLog
+from .synthetic import random_base_init
+from .world import WorldConfig
+
+__all__ = ["main", "DEFAULT_MINUTES", "run_demo", "parse_args"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MINUTES = 9.0
+MAX_MINUTES = 24 * 60
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="cointeract demo", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="cointeract-demo", help="output folder (refused when not empty, unless --force)")
+    p.add_argument("--minutes", type=float, default=DEFAULT_MINUTES, help="time budget for the whole demo")
+    p.add_argument("--seed", type=int, default=0, help="seeds data, init, training and sampling")
+    p.add_argument("--force", action="store_true", help="write into a non-empty --out (its demo files are replaced)")
+    p.add_argument("--ablation", action="store_true", help="also train w/o MoE, w/o co-generation, w/o asymmetric")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads; results are deterministic per count (1: fastest on a busy machine)",
+    )
+    p.add_argument("--train-clips", type=int, default=20, help="toy-world training clips (81 frames each)")
+    p.add_argument("--eval-clips", type=int, default=4, help="held-out clips for router recall and losses")
+    p.add_argument("--steps", type=int, nargs=2, default=(250, 100), metavar=("STAGE1", "STAGE2"),
+                   help="optimizer steps per stage (a stage also stops when its time share is spent)")  # fmt: skip
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--clips", type=int, default=2, help="80-frame clips to generate (>= 2 shows clip chaining)")
+    p.add_argument("--sample-steps", type=int, default=10, help="sampler steps per clip")
+    p.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance (1 = one forward per step)")
+    args = p.parse_args(argv)
+    _validate(p, args)
+    return args
+
+
+def _validate(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if not (args.minutes > 0) or args.minutes > MAX_MINUTES:
+        p.error(f"--minutes must be in (0, {MAX_MINUTES}] (a day); got {args.minutes}")
+    for name in ("threads", "train_clips", "eval_clips", "clips", "sample_steps"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}")
+    if min(args.steps) < 1:
+        p.error(f"--steps must be >= 1 for both stages; got {args.steps}")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        p.error(f"--out {out} is a file; give a folder")
+    if out.is_dir() and any(out.iterdir()) and not args.force:
+        p.error(f"--out {out} exists and is not empty; choose another folder or pass --force to replace its demo files")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        p.error(f"--out {out} is not writable ({err.strerror or err}); choose a folder you can write to")
+
+
+def seed_everything(seed: int, threads: int) -> None:
+    """Threads and every RNG the demo touches (torch, numpy, random); deterministic algorithms where available."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+class Budget:
+    """Wall-clock deadlines: data and generation are fixed work; training gets the rest, split 2:1 by stage."""
+
+    def __init__(self, minutes: float) -> None:
+        self.start, self.total = time.monotonic(), minutes * 60.0
+
+    def left(self) -> float:
+        return self.total - (time.monotonic() - self.start)
+
+    def training(self, reserve_s: float) -> tuple[float, float]:
+        """(stage 1, stage 2) seconds from what is left after reserving `reserve_s` for generation."""
+        avail = max(1.0, self.left() - reserve_s)
+        return avail * 2 / 3, avail / 3
+
+
+def _prepare_out(out: Path, force: bool) -> None:
+    if force:
+        for name in ("data", "cache"):
+            shutil.rmtree(out / name, ignore_errors=True)
+
+
+def run_demo(args: argparse.Namespace, report: dict) -> dict:
+    """The whole demo; fills `report` as it goes (so an interrupted run still has what it finished)."""
+    out, budget = Path(args.out), Budget(args.minutes)
+    seed_everything(args.seed, args.threads)
+    _prepare_out(out, args.force)
+    cfg, world = PRESETS["toy"], WorldConfig()
+    enc = toy_encoders(cfg)
+    report.update(seed=args.seed, threads=args.threads, minutes=args.minutes, torch=torch.__version__, timings={})
+
+    t = time.monotonic()
+    train_csv = write_clips(out / "data" / "train", args.train_clips, world, args.seed, "world: training clips")
+    eval_csv = write_clips(out / "data" / "held_out", args.eval_clips, world, args.seed + 1, "world: held-out clips")
+    train_set = cache_clips(train_csv, out / "cache" / "train", world, enc, cfg.patch_size[1], "cache: training")
+    eval_set = cache_clips(eval_csv, out / "cache" / "held_out", world, enc, cfg.patch_size[1], "cache: held-out")
+    report["data"] = {"train_clips": len(train_set), "held_out_clips": len(eval_set)}
+    report["timings"]["data_s"] = round(time.monotonic() - t, 1)
+
+    t = time.monotonic()
+    model = random_base_init(CoInteractDiT(cfg, "sdpa"), args.seed)
+    zero_far_motion(model)
+    metrics = MetricsLog(out / "metrics.jsonl")
+    metrics.truncate(0)
+    records: list[dict] = []
+    stages = toy_stages(tuple(args.steps), lr=args.lr)
+    reserve = 0.2 * args.minutes * 60
+    results = train_stages(
+        model, train_set, stages, budget.training(reserve), loss=LOSS_PRESETS["official"], seed=args.seed,
+        held_out=eval_set, on_step=lambda r: (records.append(r), metrics.write(r)),
+    )  # fmt: skip
+    report["stages"] = [vars(r) for r in results]
+    report["deterministic"] = all(r.stopped_by == "steps" for r in results)
+    report["timings"]["train_s"] = round(time.monotonic() - t, 1)
+    report["records"] = records
+
+    bundle = save_bundle(out / "toy_bundle.safetensors", model, enc.codec, enc.text, enc.audio)
+    report["bundle"] = {"path": str(bundle), "bytes": bundle.stat().st_size}
+    model, codec, text, audio = load_bundle(bundle)  # generate from what ships: fp16-stored weights
+    held = held_out_inputs(world, args.seed, args.clips)
+    report["inputs"] = write_inputs(held, out / "inputs")
+    generate_and_score(report, out, (model, codec, text, audio), held, args)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `cointeract demo`."""
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    logging.getLogger().setLevel(logging.INFO)
+    report: dict = {"finished": False, "interrupted": False}
+    out, start = Path(args.out), time.monotonic()
+    try:
+        run_demo(args, report)
+        report["finished"] = True
+    except KeyboardInterrupt:
+        report["interrupted"] = True
+        log.warning("interrupted: writing what finished to %s", out)
+    finally:
+        report.setdefault("timings", {})["total_s"] = round(time.monotonic() - start, 1)
+        write_report(report, out)
+    print((out / "report.txt").read_text())  # the demo's output is its report
+    return 0 if report["finished"] else 130

@@ -1,0 +1,100 @@
+"""Data for `cointeract demo`: toy-world clips in the official CSV layout, their latent cache, held-out inputs."""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..cointeract_core.config import DiTConfig
+from ..cointeract_core.media_audio import write_wav
+from ..cointeract_core.toy import ToyAudioFeatures, ToyCodec, ToyTextEncoder
+from .cache import CachedDataset, build_cache
+from .data import RawClipDataset
+from .toy_io import write_png
+from .world import PRODUCT_COLOURS, WorldConfig, WorldSequence, generate_sequence, make_clip, person_image
+from .world_dataset import COLUMNS, clip_seed, write_clip
+from .world_render import render_product
+
+__all__ = ["ToyEncoders", "toy_encoders", "write_clips", "cache_clips", "HeldOut", "held_out_inputs"]
+
+
+@dataclass(frozen=True)
+class ToyEncoders:
+    codec: ToyCodec
+    text: ToyTextEncoder
+    audio: ToyAudioFeatures
+
+
+def toy_encoders(cfg: DiTConfig, spatial_factor: int = 8) -> ToyEncoders:
+    """The codec and encoders that fit a toy DiT config (text width and length, audio feature width)."""
+    return ToyEncoders(
+        ToyCodec(spatial_factor), ToyTextEncoder(cfg.text_dim, cfg.text_len), ToyAudioFeatures(cfg.audio_dim)
+    )
+
+
+def write_clips(root: Path, count: int, world: WorldConfig, seed: int, desc: str) -> Path:
+    """Render `count` clips (streams clip_seed(seed, i)) into root in the official CSV layout -> data.csv."""
+    root.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in tqdm(range(count), desc=desc, unit="clip", dynamic_ncols=True):
+        clip = make_clip(world, clip_seed(seed, i))
+        if i == 0:
+            write_png(root / "person.png", clip.person_image)
+        rows.append(write_clip(root, f"clips/{i:06d}", clip, "person.png"))
+    path = root / "data.csv"
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+    return path
+
+
+def cache_clips(
+    csv_path: Path, out_dir: Path, world: WorldConfig, enc: ToyEncoders, patch: int, desc: str
+) -> CachedDataset:
+    """Encode every clip once (codec, text, audio; -23 LUFS as training does) -> the cache as a dataset."""
+    dataset = RawClipDataset(
+        csv_path, csv_path.parent, world.height, world.width, patch=enc.codec.spatial_factor * patch
+    )
+    rows = list(dataset.rows)
+    for i in tqdm(range(len(rows)), desc=desc, unit="clip", dynamic_ncols=True):
+        dataset.rows = rows[: i + 1]  # build_cache resumes: each call encodes the one new row
+        build_cache(dataset, enc.codec, enc.text, enc.audio, out_dir, dtype=torch.bfloat16, dit_patch=patch)
+    dataset.rows = rows
+    return CachedDataset(out_dir)
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """A held-out story to generate: reference images [H, W, 3] uint8, speech, one prompt per clip, the truth."""
+
+    sequence: WorldSequence
+    person: np.ndarray
+    product: np.ndarray
+    prompts: tuple[str, ...]
+
+
+def held_out_inputs(world: WorldConfig, seed: int, clips: int, clip_frames: int = 80) -> HeldOut:
+    """A story of clips × 80 frames from a seed no training clip uses, with its per-clip prompts."""
+    seq = generate_sequence(world, clip_seed(seed, 10**6), clips * clip_frames)
+    product = render_product(seq.kind, seq.size, PRODUCT_COLOURS[seq.colour], world.height, world.width)
+    prompts = tuple(seq.prompt(r * clip_frames, (r + 1) * clip_frames) for r in range(clips))
+    return HeldOut(seq, person_image(world), product, prompts)
+
+
+def write_inputs(held: HeldOut, folder: Path) -> dict[str, str]:
+    """person.png, product.png, speech.wav and prompts.txt (one per clip) -> their paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_png(folder / "person.png", held.person)
+    write_png(folder / "product.png", held.product)
+    write_wav(folder / "speech.wav", held.sequence.audio, held.sequence.config.sample_rate)
+    (folder / "prompts.txt").write_text("\n".join(held.prompts) + "\n")
+    return {n: str(folder / n) for n in ("person.png", "product.png", "speech.wav", "prompts.txt")}
