@@ -62,10 +62,16 @@ def resolve_backend(name: str) -> str:
 
 
 def split_linear(layer: nn.Module, x: torch.Tensor, splits: tuple[int, ...] | None) -> torch.Tensor:
-    """`layer` applied to [B, S, D] token chunks of the given sizes (dim 1) and concatenated; whole when None."""
-    if not splits or len(splits) == 1:
+    """`layer` applied to [B, S, D] token chunks of the given sizes (dim 1) and concatenated; whole when None.
+
+    A single chunk still goes through `torch.split`, so the autograd graph of the main stream has the same shape
+    (and sums its gradients in the same order) whether or not HOI chunks follow: stage-2 RGB gradients are then
+    bit-identical with and without HOI tokens.
+    """
+    if not splits:
         return layer(x)
-    return torch.cat([layer(part) for part in torch.split(x, list(splits), dim=1)], dim=1)
+    parts = [layer(part) for part in torch.split(x, list(splits), dim=1)]
+    return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = "sdpa") -> torch.Tensor:

@@ -82,7 +82,7 @@ class DiTBlock(nn.Module):
     def forward(self, x: torch.Tensor, ctx: BlockContext) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x [B, S, D] fp32 -> (x [B, S, D], router logits [B, N_target, 3] or None)."""
         segs, lay = self._segment_mods(ctx), ctx.layout
-        splits = (lay.n_main, lay.n_hoi) if lay.hoi else None
+        splits = (lay.n_main, lay.n_hoi) if lay.hoi else (lay.n_main,)
         y = self._modulated(x, segs, SHIFT_MSA, SCALE_MSA, self.eps)
         y = self.self_attn(y, ctx.freqs, ctx.groups, ctx.backend, splits)
         x = x + self._gated(y, segs, GATE_MSA)  # [B, S, D]
