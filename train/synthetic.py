@@ -9,13 +9,12 @@ Wan paths such as the head contribute, as in a trained model) and the CoInteract
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import torch
 from torch import nn
 
 from ..cointeract_core.config import DiTConfig
-from ..cointeract_core.init import init_cointeract_parts
+from ..cointeract_core.init import init_cointeract_parts, init_random
 from .config import (
     DataConfig,
     LoRAConfig,
@@ -34,24 +33,9 @@ PATTERN_SCALE = 1.5  # amplitude of the hand / face latent pattern against unit-
 FACE_WEIGHT = HAND_WEIGHT = 10.0  # official router CE weights (base 1)
 
 
-@torch.no_grad()
 def random_base_init(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random base weights (fan-in scaled, zero-init paths included) + the official CoInteract-part init."""
-    gen = torch.Generator().manual_seed(seed)
-    dim = model.cfg.dim
-    for name, p in sorted(model.named_parameters()):
-        r = torch.randn(p.shape, generator=gen)
-        if name.endswith("modulation"):
-            r = r * dim**-0.5
-        elif name == "casual_audio_encoder.weights":
-            r = 0.5 + 0.5 * r
-        elif "norm" in name and p.ndim == 1:
-            r = 1 + 0.1 * r
-        elif p.ndim == 1 or name.endswith(("padding_tokens", "cond_mask.weight")):
-            r = 0.05 * r
-        else:
-            r = r / math.sqrt(p[0].numel())
-        p.copy_(r)
+    """Random base weights (the fixtures' recipe, zero-init paths included) + the official CoInteract-part init."""
+    init_random(model, seed)
     init_cointeract_parts(model)
     return model
 
