@@ -53,13 +53,14 @@ class Engines:
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("models (local files; nothing is downloaded)")
-    g.add_argument("--dit", nargs="+", required=True, help="Wan2.2-S2V DiT: single file, any shard, index or folder")
+    g.add_argument("--bundle", help="a toy bundle (`cointeract demo`): DiT + codec + encoders in one file, fp32")
+    g.add_argument("--dit", nargs="+", help="Wan2.2-S2V DiT: single file, any shard, index or folder")
     g.add_argument("--cointeract", help="CoInteract checkpoint (LoRA + MoE [+ HOI]) merged into the base")
     g.add_argument("--lora-strength", type=float, default=1.0, help="multiplier on the CoInteract LoRA (official 1.0)")
-    g.add_argument("--vae", required=True, help="Wan2.1_VAE.pth, ComfyUI wan_2.1_vae.safetensors or diffusers folder")
-    g.add_argument("--text-encoder", required=True, help="umT5-XXL: HF folder, ComfyUI umt5_xxl file or Wan .pth")
+    g.add_argument("--vae", help="Wan2.1_VAE.pth, ComfyUI wan_2.1_vae.safetensors or diffusers folder")
+    g.add_argument("--text-encoder", help="umT5-XXL: HF folder, ComfyUI umt5_xxl file or Wan .pth")
     g.add_argument("--tokenizer", help="umT5 tokenizer folder (google/umt5-xxl) if the text encoder has none")
-    g.add_argument("--audio-encoder", required=True, help="wav2vec2 folder or ComfyUI audio_encoders file")
+    g.add_argument("--audio-encoder", help="wav2vec2 folder or ComfyUI audio_encoders file")
     g.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="DiT weight dtype")
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     g.add_argument("--attention", default="sdpa", help="attention backend: sdpa, xformers, flash_attn or auto")
@@ -67,8 +68,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("generation")
-    g.add_argument("--height", type=int, default=832, help="frame height in pixels (rounded up to a multiple of 16)")
-    g.add_argument("--width", type=int, default=480, help="frame width in pixels (rounded up to a multiple of 16)")
+    g.add_argument("--height", type=int, help="frame height in pixels, rounded up to a multiple of 16 (832; toy 64)")
+    g.add_argument("--width", type=int, help="frame width in pixels, rounded up to a multiple of 16 (480; toy 64)")
     g.add_argument("--clips", type=int, help="at most this many 80-frame clips (default: as long as the audio)")
     g.add_argument("--seed", type=int, default=0, help="clip r uses seed + r (0 reproduces the official noise)")
     g.add_argument("--steps", type=int, default=40)
@@ -94,9 +95,10 @@ def _options(args: argparse.Namespace) -> tuple[SamplerConfig, VideoOptions, Inp
         audio_stride=args.audio_stride, max_clips=args.clips, hoi_preview=args.hoi_preview, router_maps=args.router_maps
     )
     extra = {"negative_prompt": args.negative_prompt} if args.negative_prompt else {}
+    toy = bool(getattr(args, "bundle", None))
     inputs = InputOptions(
-        height=args.height,
-        width=args.width,
+        height=args.height or (64 if toy else 832),
+        width=args.width or (64 if toy else 480),
         person_fit=args.person_fit,
         product_margin=args.product_margin,
         loudness_lufs=args.loudness,
@@ -108,8 +110,30 @@ def _options(args: argparse.Namespace) -> tuple[SamplerConfig, VideoOptions, Inp
     return sampler, video, inputs
 
 
+def _check_model_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Either --bundle, or all of --dit, --vae, --text-encoder and --audio-encoder."""
+    files = {
+        "--dit": args.dit,
+        "--vae": args.vae,
+        "--text-encoder": args.text_encoder,
+        "--audio-encoder": args.audio_encoder,
+    }
+    if args.bundle and any(files.values()):
+        parser.error(f"--bundle replaces {', '.join(k for k, v in files.items() if v)}; give one or the other")
+    missing = [k for k, v in files.items() if not v]
+    if not args.bundle and missing:
+        parser.error(f"the following arguments are required: {', '.join(missing)} (or --bundle for a toy bundle)")
+
+
 def load_engines(args: argparse.Namespace) -> Engines:
-    """Load the DiT (+ CoInteract checkpoint) and the three encoders from local files."""
+    """Load the DiT (+ CoInteract checkpoint) and the three encoders from local files, or a toy bundle."""
+    if getattr(args, "bundle", None):
+        from .attention import resolve_backend
+        from .toy.bundle import load_bundle
+
+        model, codec, text, audio = load_bundle(args.bundle, args.device, torch.float32)
+        model.attention_backend = resolve_backend(args.attention)
+        return Engines(model, codec, text, audio)
     from .attention import resolve_backend
     from .checkpoint import load_dit
     from .encoders import UMT5TextEncoder, WanVAE, Wav2Vec2Features
@@ -207,6 +231,8 @@ def main(argv: list[str] | None = None, engines: Engines | None = None) -> int:
         _add_model_args(parser)
     _add_run_args(parser)
     args = parser.parse_args(argv)
+    if engines is None:
+        _check_model_args(parser, args)
     case = Case(
         audio=Path(args.audio),
         person=Path(args.person),
@@ -254,6 +280,8 @@ def batch_main(argv: list[str] | None = None, engines: Engines | None = None) ->
         _add_model_args(parser)
     _add_run_args(parser)
     args = parser.parse_args(argv)
+    if engines is None:
+        _check_model_args(parser, args)
     cases = read_demo_csv(Path(args.csv))
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

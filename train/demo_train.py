@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from .config import DropoutConfig, LossConfig, StageConfig
 from .evaluate import evaluate
@@ -97,13 +98,13 @@ def _step(model, sample: TrainSample, gen, schedule, dropout, span, loss_cfg, op
     parts.total.backward()
     params = [p for g in optimizer.param_groups for p in g["params"]]
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, 1.0))
-    if not math.isfinite(float(parts.total.detach())) or not math.isfinite(grad_norm):
+    if not math.isfinite(parts.total.item()) or not math.isfinite(grad_norm):
         raise FloatingPointError(f"the loss or gradient became non-finite ({float(parts.total)}, {grad_norm})")
     for group in optimizer.param_groups:
         group["lr"] = lr
     optimizer.step()
-    record = {"loss": float(parts.total), "flow": float(parts.flow), "router": float(parts.router)}
-    record["hoi"] = float(parts.hoi) if parts.hoi is not None else None
+    record = {"loss": parts.total.item(), "flow": parts.flow.item(), "router": parts.router.item()}
+    record["hoi"] = parts.hoi.item() if parts.hoi is not None else None
     if out.router_logits is not None:
         correct, labelled = router_counts(out.router_logits.detach(), batch.router_targets)
         record.update(router_summary(correct, labelled))
@@ -132,6 +133,7 @@ def train_stages(
         params = _set_trainable(model, span.stage)
         optimizer = torch.optim.AdamW(params, lr=span.stage.lr, weight_decay=0.01)
         start, ema, done, stopped = time.monotonic(), {}, 0, "steps"
+        bar = tqdm(total=span.stage.steps, desc=f"train {span.stage.name} ({span.stage.attention})", dynamic_ncols=True)
         for s in range(span.stage.steps):
             if s > 0 and time.monotonic() - start > budget:
                 stopped = "time"
@@ -147,8 +149,11 @@ def train_stages(
                 for k, v in record.items()
             }
             global_step, done = global_step + 1, s + 1
+            bar.update(1)
+            bar.set_postfix(flow=f"{ema['flow']:.3f}", hoi=f"{ema['hoi']:.3f}" if ema.get("hoi") else "-")
             if on_step is not None:
                 on_step({"step": global_step, "stage": span.stage.name, "stage_step": done, **record})
+        bar.close()
         result = StageResult(span.stage.name, done, span.stage.steps, stopped, time.monotonic() - start, final=ema)
         if held_out:
             result.held_out = evaluate(model, held_out, span.stage, loss, seed=seed)

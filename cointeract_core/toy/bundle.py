@@ -55,6 +55,13 @@ def save_bundle(
     """Write model + encoders to one safetensors file (atomically); all-zero tensors are stored as shapes only."""
     if not hasattr(model, "cfg") or not isinstance(model.cfg, DiTConfig):
         raise TypeError(f"expected a CoInteractDiT, got {type(model).__name__}")
+    cfg = model.cfg
+    fits = (codec.latent_channels, text.text_dim, audio.feature_dim) == (cfg.in_dim, cfg.text_dim, cfg.audio_dim)
+    if not fits:
+        raise ValueError(
+            f"the encoders do not fit the model: codec {codec.latent_channels} channels, text {text.text_dim}, audio "
+            f"{audio.feature_dim}; the model takes {cfg.in_dim}, {cfg.text_dim}, {cfg.audio_dim}"
+        )
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     zeros = {k: list(v.shape) for k, v in state.items() if v.numel() > 1024 and not bool(v.any())}
     tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items() if k not in zeros}
