@@ -33,6 +33,8 @@ class VideoOptions:
     max_clips: int | None = None
     hoi_preview: bool = False
     router_maps: bool = False
+    # "full": RGB and HOI tokens see each other (a model trained without the asymmetric mask; needs hoi_preview)
+    attention: str = "asymmetric"
 
 
 @dataclass
@@ -72,7 +74,7 @@ class _ClipSampler:
             product=None if cond.product is None else cond.product.to(dev),
             product_scale=cond.product_scale,
             motion=None if motion is None else motion.to(dev),
-            attention="asymmetric",
+            attention=opts.attention,
         )
         pose = cond.pose_for(clip)
         common["pose"] = None if pose is None else pose.to(dev)
@@ -116,6 +118,8 @@ def generate(
     cfg, opts = cfg or SamplerConfig(), opts or VideoOptions()
     if opts.hoi_preview and model.cfg.hoi is None:
         raise ValueError("HOI preview asked of a checkpoint without HOI weights (no depth_* keys); turn it off")
+    if opts.attention not in ("asymmetric", "full") or (opts.attention == "full" and not opts.hoi_preview):
+        raise ValueError(f"attention {opts.attention!r}: use 'asymmetric', or 'full' with hoi_preview on")
     n_clips = clip_count(cond.audio_frames, opts.clip_frames, opts.max_clips)
     cond = conditioning_to(cond, "cpu")  # memory: only each clip's window goes to the model's device
     result = GenerationResult(frames=torch.empty(0), audio_frames=cond.audio_frames, seeds=[])

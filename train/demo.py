@@ -10,6 +10,7 @@ hoi_preview.mp4, router_heatmaps.mp4, curves.png, frame_grid.png, toy_bundle.saf
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import random
 import shutil
@@ -23,7 +24,8 @@ import torch
 from ..cointeract_core.config import PRESETS
 from ..cointeract_core.model import CoInteractDiT
 from ..cointeract_core.toy.bundle import load_bundle, save_bundle
-from .config import LOSS_PRESETS
+from .config import LOSS_PRESETS, LossConfig
+from .demo_ablation import VARIANTS, ablation_table, run_variant
 from .demo_data import cache_clips, held_out_inputs, toy_encoders, write_clips, write_inputs
 from .demo_report import generate_and_score, write_report
 from .demo_train import toy_stages, train_stages, zero_far_motion
@@ -45,7 +47,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--minutes", type=float, default=DEFAULT_MINUTES, help="time budget for the whole demo")
     p.add_argument("--seed", type=int, default=0, help="seeds data, init, training and sampling")
     p.add_argument("--force", action="store_true", help="write into a non-empty --out (its demo files are replaced)")
-    p.add_argument("--ablation", action="store_true", help="also train w/o MoE, w/o co-generation, w/o asymmetric")
+    p.add_argument(
+        "--ablation",
+        action="store_true",
+        help="then train full / w/o MoE / w/o co-generation / w/o asymmetric mask, each with the main run's "
+        "time budget, and print the table",
+    )
     p.add_argument(
         "--threads",
         type=int,
@@ -56,7 +63,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--eval-clips", type=int, default=4, help="held-out clips for router recall and losses")
     p.add_argument("--steps", type=int, nargs=2, default=(250, 100), metavar=("STAGE1", "STAGE2"),
                    help="optimizer steps per stage (a stage also stops when its time share is spent)")  # fmt: skip
-    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate of both stages (AdamW)")
+    p.add_argument("--shift", type=float, default=5.0, help="timestep shift in training and sampling (official 5 / 7)")
     p.add_argument("--clips", type=int, default=2, help="80-frame clips to generate (>= 2 shows clip chaining)")
     p.add_argument("--sample-steps", type=int, default=10, help="sampler steps per clip")
     p.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance (1 = one forward per step)")
@@ -110,6 +118,11 @@ class Budget:
         return avail * 2 / 3, avail / 3
 
 
+def toy_loss(shift: float) -> LossConfig:
+    """The paper's loss weights (lambda_h = eta = 1: the router learns within minutes) at the toy's shift."""
+    return dataclasses.replace(LOSS_PRESETS["paper"], shift=shift)
+
+
 def _prepare_out(out: Path, force: bool) -> None:
     if force:
         for name in ("data", "cache"):
@@ -140,9 +153,9 @@ def run_demo(args: argparse.Namespace, report: dict) -> dict:
     metrics.truncate(0)
     records: list[dict] = []
     stages = toy_stages(tuple(args.steps), lr=args.lr)
-    reserve = 0.2 * args.minutes * 60
+    budgets = budget.training(reserve_s=0.15 * args.minutes * 60)
     results = train_stages(
-        model, train_set, stages, budget.training(reserve), loss=LOSS_PRESETS["official"], seed=args.seed,
+        model, train_set, stages, budgets, loss=toy_loss(args.shift), seed=args.seed,
         held_out=eval_set, on_step=lambda r: (records.append(r), metrics.write(r)),
     )  # fmt: skip
     report["stages"] = [vars(r) for r in results]
@@ -156,6 +169,11 @@ def run_demo(args: argparse.Namespace, report: dict) -> dict:
     held = held_out_inputs(world, args.seed, args.clips)
     report["inputs"] = write_inputs(held, out / "inputs")
     generate_and_score(report, out, (model, codec, text, audio), held, args)
+    if args.ablation:
+        rows = report.setdefault("ablation", {"rows": [], "budgets_s": budgets})["rows"]
+        for name in VARIANTS:
+            rows.append(run_variant(name, args, (train_set, eval_set), enc, held, budgets, toy_loss(args.shift)))
+            report["ablation"]["table"] = ablation_table(rows)
     return report
 
 
@@ -163,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of `cointeract demo`."""
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     logging.getLogger().setLevel(logging.INFO)
+    root = __package__.rpartition(".")[0]
+    for noisy in (".train.cache", ".train.data", ".cointeract_core.loudness", ".cointeract_core.toy.bundle"):
+        logging.getLogger(root + noisy).setLevel(logging.WARNING)  # per-clip lines would break the progress bars
     report: dict = {"finished": False, "interrupted": False}
     out, start = Path(args.out), time.monotonic()
     try:

@@ -23,7 +23,14 @@ from .demo_plot import draw_curves
 from .toy_io import frame_grid, write_png
 from .world_eval import ClipTruth, evaluate_clip
 
-__all__ = ["generate_and_score", "write_report", "format_report", "toy_input_options"]
+__all__ = [
+    "generate_and_score",
+    "write_report",
+    "format_report",
+    "toy_input_options",
+    "held_out_conditioning",
+    "score",
+]
 
 
 def toy_input_options(height: int, width: int, clips: int | None) -> InputOptions:
@@ -57,17 +64,31 @@ def _uint8(frames: torch.Tensor) -> np.ndarray:
     return (frames * 255).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
-def generate_and_score(report: dict, out: Path, engines: tuple, held: HeldOut, args: argparse.Namespace) -> None:
-    """Generate the held-out story twice (HOI preview off / on), write the videos and score them into `report`."""
-    model, codec, text, audio = engines
-    seq = held.sequence
-    cfg = seq.config
-    cond = build_conditioning(
+def held_out_conditioning(engines: tuple, held: HeldOut, clips: int, hoi: bool):
+    """The held-out story's Conditioning (images, per-clip prompts, speech) through the toy encoders."""
+    _, codec, text, audio = engines
+    seq, cfg = held.sequence, held.sequence.config
+    return build_conditioning(
         codec, text, audio, torch.from_numpy(held.person).float() / 255, list(held.prompts),
         torch.from_numpy(seq.audio), cfg.sample_rate, product=torch.from_numpy(held.product).float() / 255,
-        hoi=True, opts=toy_input_options(cfg.height, cfg.width, args.clips),
+        hoi=hoi, opts=toy_input_options(cfg.height, cfg.width, clips),
     )  # fmt: skip
-    sampler = SamplerConfig(steps=args.sample_steps, cfg=args.cfg, shift=5.0, seed=args.seed)
+
+
+def score(frames: torch.Tensor, held: HeldOut) -> dict:
+    """World evaluation of generated frames [T, H, W, 3] in [0, 1] against the held-out story's truth."""
+    seq, cfg = held.sequence, held.sequence.config
+    pixels = _uint8(frames)
+    n = min(len(pixels), len(seq.frames))
+    truth = ClipTruth.from_sequence(seq)
+    return dataclasses.asdict(evaluate_clip(pixels[:n], cfg.fps, seq.audio, cfg.sample_rate, truth))
+
+
+def generate_and_score(report: dict, out: Path, engines: tuple, held: HeldOut, args: argparse.Namespace) -> None:
+    """Generate the held-out story twice (HOI preview off / on), write the videos and score them into `report`."""
+    seq, cfg = held.sequence, held.sequence.config
+    cond = held_out_conditioning(engines, held, args.clips, hoi=True)
+    sampler = SamplerConfig(steps=args.sample_steps, cfg=args.cfg, shift=args.shift, seed=args.seed)
     plain_opts = VideoOptions(max_clips=args.clips)
     plain, plain_s = _run(engines, cond, sampler, plain_opts, "generate (RGB only)")
     rich_opts = dataclasses.replace(plain_opts, hoi_preview=True, router_maps=True)
@@ -83,13 +104,9 @@ def generate_and_score(report: dict, out: Path, engines: tuple, held: HeldOut, a
     write_video(out / "hoi_preview.mp4", rich.hoi_frames, rich.fps, audio_t, cfg.sample_rate)
     maps = rich.router_maps
     write_video(out / "router_heatmaps.mp4", overlay_heatmaps(rich.frames[: maps.shape[0]], maps), rich.fps)
-    frames = _uint8(plain.frames)
-    write_png(out / "frame_grid.png", frame_grid(frames, columns=10, step=8, scale=2))
-    n = min(len(frames), len(seq.frames))
-    truth = ClipTruth.from_sequence(seq)
-    generated = evaluate_clip(frames[:n], cfg.fps, seq.audio, cfg.sample_rate, truth)
-    reference = evaluate_clip(seq.frames[:n], cfg.fps, seq.audio, cfg.sample_rate, truth)
-    report["world_eval"] = {"generated": dataclasses.asdict(generated), "ground_truth": dataclasses.asdict(reference)}
+    write_png(out / "frame_grid.png", frame_grid(_uint8(plain.frames), columns=10, step=8, scale=2))
+    truth = torch.from_numpy(seq.frames[: len(plain.frames)]).float() / 255
+    report["world_eval"] = {"generated": score(plain.frames, held), "ground_truth": score(truth, held)}
     report["timings"]["generate_s"] = round(plain_s + rich_s, 1)
 
 

@@ -99,11 +99,12 @@ def workflow(request) -> dict:
     return json.loads(request.param.read_text())
 
 
-def test_three_workflows() -> None:
+def test_four_workflows() -> None:
     assert [p.stem for p in WORKFLOWS] == [
         "cointeract_hoi_router_preview",
         "cointeract_long_timeline",
         "cointeract_product_video",
+        "cointeract_toy_world",
     ]
     assert SNAPSHOT["comfyui_version"] == "0.3.64"
 
@@ -150,6 +151,9 @@ def test_links_are_consistent(workflow: dict) -> None:
 def test_note_lists_model_files(workflow: dict) -> None:
     notes = [n["widgets_values"][0] for n in workflow["nodes"] if n["type"] in VIRTUAL]
     assert notes, "each workflow has a Note with the model files"
+    if any(n["type"] == "CoInteractToyBundleLoader" for n in workflow["nodes"]):
+        assert "nothing to download" in notes[0] and "input/" in notes[0]  # the toy needs no model files
+        return
     for folder in ("diffusion_models/", "cointeract/", "text_encoders/", "vae/", "audio_encoders/"):
         assert folder in notes[0]
 
@@ -173,7 +177,11 @@ def core_stand_ins(inputs, saved: list) -> dict:
         "VAELoader": lambda vae_name: (inputs.vae,),
         "CLIPLoader": lambda clip_name, type, device="default": (inputs.clip,),
         "AudioEncoderLoader": lambda audio_encoder_name: ("wav2vec2",),
-        "AudioEncoderEncode": lambda audio_encoder, audio: (inputs.encoder_output,),
+        "AudioEncoderEncode": lambda audio_encoder, audio: (
+            audio_encoder.encode_audio(audio["waveform"], audio["sample_rate"])  # the toy bundle's encoder
+            if hasattr(audio_encoder, "encode_audio")
+            else inputs.encoder_output,
+        ),
         "ImageStitch": lambda image1, direction, match_image_size, spacing_width, spacing_color, image2=None: (
             torch.cat([image1, image2], dim=2),
         ),
@@ -206,7 +214,7 @@ def execute(workflow: dict, stand_ins: dict) -> dict[int, tuple]:
 
 
 @pytest.mark.usefixtures("model_dir")
-@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", [p for p in WORKFLOWS if "toy" not in p.stem], ids=lambda p: p.stem)
 def test_workflow_runs_on_tiny_models(path: Path, comfy_inputs) -> None:
     workflow, saved = json.loads(path.read_text()), []
     results = execute(workflow, core_stand_ins(comfy_inputs, saved))
@@ -226,3 +234,14 @@ def test_workflow_runs_on_tiny_models(path: Path, comfy_inputs) -> None:
     prompts = next(results[n["id"]][0] for n in workflow["nodes"] if n["type"] == "CoInteractPrompts")
     timeline = map_widgets(next(n for n in workflow["nodes"] if n["type"] == "CoInteractPrompts"))["timeline"]
     assert len(prompts.prompts) == 1 + len([line for line in timeline.splitlines() if line.strip()])
+
+
+def test_toy_workflow_runs_on_the_shipped_bundle_and_samples(comfy_inputs) -> None:
+    path = ROOT / "example_workflows" / "cointeract_toy_world.json"
+    workflow, saved = json.loads(path.read_text()), []
+    results = execute(workflow, core_stand_ins(comfy_inputs, saved))
+    (video,) = saved
+    frames = next(results[n["id"]] for n in workflow["nodes"] if n["type"] == "CoInteractSampler")[0]
+    assert video["fps"] == 25.0 and frames.shape == (160, 64, 64, 3)  # 6.4 s of shipped speech = 2 clips
+    assert video["images"].shape == (160, 64, 3 * 64, 3)  # frames | HOI stream | router heatmaps
+    assert video["audio"]["waveform"].shape[-1] == 160 * 640 and video["audio"]["sample_rate"] == 16000
