@@ -11,6 +11,9 @@ CFG branch at a time, bf16 compute, fp32 residual stream; flash / memory-efficie
     + RoPE table 8·head_dim bytes per token + last audio residual 2·N_target·D + text 2·2·text_len·D
     + 2% for the small tensors (time embeddings, audio tokens, router logits)
 
+Before the blocks, the wav2vec2 layer mix of the audio encoder holds 3 fp32 copies of the features (beside the
+embedded tokens); at small token counts that is the peak.
+
 `TensorMemoryTracker` measures the same quantity (peak bytes of live tensors) on any device, to check the model.
 """
 
@@ -110,8 +113,11 @@ def weight_bytes(cfg: DiTConfig, weights: Weights = "bf16") -> WeightBytes:
 def activation_bytes(cfg: DiTConfig, layout: SequenceLayout) -> int:
     """Peak bytes of activations in one forward at batch 1 (see the module docstring)."""
     s, d = layout.total, cfg.dim
-    exact = BYTES_PER_TOKEN_DIM * s * d + 8 * cfg.head_dim * s + 2 * layout.n_target * d + 4 * cfg.text_len * d
-    return int(exact * SMALL_TENSORS)
+    shared = 8 * cfg.head_dim * s + 4 * cfg.text_len * d  # RoPE table, text (and HOI text) embeddings
+    blocks = BYTES_PER_TOKEN_DIM * s * d + 2 * layout.n_target * d + shared
+    columns = 4 * layout.frames + cfg.motion_frames[0]  # audio features with the motion-prefix padding
+    audio = 3 * cfg.audio_layers * cfg.audio_dim * columns * 4 + 4 * s * d + shared  # fp32 layer mix; embedded tokens
+    return int(max(blocks, audio) * SMALL_TENSORS)
 
 
 @dataclass(frozen=True)
