@@ -139,6 +139,9 @@ class CoInteractSampler:
             raise ValueError(f"the VAE gives {cvae.latent_channels} latent channels; the model takes {dit.cfg.in_dim}")
         clips = clip_count(audio.frames, opts.clip_frames, opts.max_clips)
         progress = StepProgress(clips, steps, wan21_latents=cvae.latent_channels == 16)
+        log.info(
+            "CoInteract: sampling %d clip(s) x %d steps at %dx%d", clips, steps, references.width, references.height
+        )
         try:
             result = generate(services.load_model(model, memory), cvae, cond, sampler, opts, progress)
         except BaseException:

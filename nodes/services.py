@@ -322,6 +322,7 @@ def unload_model(patcher: Any) -> None:
                 loaded.model_unload()
                 mm.current_loaded_models.remove(loaded)
     soft_empty_cache()
+    log.info("CoInteract: unloaded %s from %s", type(patcher.model).__name__, patcher.load_device)
 
 
 def lora_patch(up: torch.Tensor, down: torch.Tensor) -> Any:
