@@ -150,7 +150,9 @@ def train_stages(
             }
             global_step, done = global_step + 1, s + 1
             bar.update(1)
-            bar.set_postfix(flow=f"{ema['flow']:.3f}", hoi=f"{ema['hoi']:.3f}" if ema.get("hoi") else "-")
+            bar.set_postfix(
+                flow=f"{ema['flow']:.3f}", hoi=f"{ema['hoi']:.3f}" if ema.get("hoi") else "-", refresh=False
+            )
             if on_step is not None:
                 on_step({"step": global_step, "stage": span.stage.name, "stage_step": done, **record})
         bar.close()
