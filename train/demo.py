@@ -21,12 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..cointeract_core.config import PRESETS
 from ..cointeract_core.model import CoInteractDiT
 from ..cointeract_core.toy.bundle import load_bundle, save_bundle
 from .config import LOSS_PRESETS, LossConfig
 from .demo_ablation import VARIANTS, ablation_table, run_variant
-from .demo_data import cache_clips, held_out_inputs, toy_encoders, write_clips, write_inputs
+from .demo_data import cache_clips, fit_toy_codec, held_out_inputs, toy_config, toy_encoders, write_clips, write_inputs
 from .demo_report import generate_and_score, write_report
 from .demo_train import toy_stages, train_stages, zero_far_motion
 from .metrics import MetricsLog
@@ -134,8 +133,8 @@ def run_demo(args: argparse.Namespace, report: dict) -> dict:
     out, budget = Path(args.out), Budget(args.minutes)
     seed_everything(args.seed, args.threads)
     _prepare_out(out, args.force)
-    cfg, world = PRESETS["toy"], WorldConfig()
-    enc = toy_encoders(cfg)
+    cfg, world = toy_config(), WorldConfig()
+    enc = toy_encoders(cfg, fit_toy_codec(world, args.seed))
     report.update(seed=args.seed, threads=args.threads, minutes=args.minutes, torch=torch.__version__, timings={})
 
     t = time.monotonic()

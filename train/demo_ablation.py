@@ -14,11 +14,10 @@ import math
 import time
 from collections.abc import Sequence
 
-from ..cointeract_core.config import PRESETS
 from ..cointeract_core.model import CoInteractDiT
 from ..cointeract_core.pipeline import VideoOptions, generate
 from ..cointeract_core.sampler import SamplerConfig
-from .demo_data import HeldOut, ToyEncoders
+from .demo_data import HeldOut, ToyEncoders, toy_config
 from .demo_report import held_out_conditioning, score
 from .demo_train import toy_stages, train_stages, zero_far_motion
 from .sample import TrainSample
@@ -59,7 +58,8 @@ def run_variant(
 ) -> dict:
     """Train one variant from the same init seed and data, generate, score -> its table row."""
     moe, hoi, attention = VARIANTS[name]
-    cfg = PRESETS["toy"] if moe else dataclasses.replace(PRESETS["toy"], moe=None)
+    cfg = toy_config(enc.codec.latent_channels)
+    cfg = cfg if moe else dataclasses.replace(cfg, moe=None)
     model = random_base_init(CoInteractDiT(cfg, "sdpa"), args.seed)
     zero_far_motion(model)
     stages = toy_stages(tuple(args.steps), lr=args.lr, hoi=hoi, stage2_attention=attention)

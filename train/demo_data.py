@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,9 +12,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..cointeract_core.config import DiTConfig
+from ..cointeract_core.config import PRESETS, DiTConfig
 from ..cointeract_core.media_audio import write_wav
-from ..cointeract_core.toy import ToyAudioFeatures, ToyCodec, ToyTextEncoder
+from ..cointeract_core.toy import PCAToyCodec, ToyAudioFeatures, ToyCodec, ToyTextEncoder, fit_pca_codec
 from .cache import CachedDataset, build_cache
 from .data import RawClipDataset
 from .toy_io import write_png
@@ -21,21 +22,48 @@ from .world import PRODUCT_COLOURS, WorldConfig, WorldSequence, generate_sequenc
 from .world_dataset import COLUMNS, clip_seed, write_clip
 from .world_render import render_product
 
-__all__ = ["ToyEncoders", "toy_encoders", "write_clips", "cache_clips", "HeldOut", "held_out_inputs"]
+__all__ = [
+    "TOY_CHANNELS",
+    "toy_config",
+    "fit_toy_codec",
+    "ToyEncoders",
+    "toy_encoders",
+    "write_clips",
+    "cache_clips",
+    "HeldOut",
+    "held_out_inputs",
+]
 
 
 @dataclass(frozen=True)
 class ToyEncoders:
-    codec: ToyCodec
+    codec: ToyCodec | PCAToyCodec
     text: ToyTextEncoder
     audio: ToyAudioFeatures
 
 
-def toy_encoders(cfg: DiTConfig, spatial_factor: int = 8) -> ToyEncoders:
+TOY_CHANNELS = 16  # PCA channels of the demo's codec: 16 x 2x2 = 64 numbers per token for a 128-wide DiT
+
+
+def toy_config(channels: int = TOY_CHANNELS) -> DiTConfig:
+    """The `toy` preset with `channels` latent channels (in, out and pose), as the PCA codec gives."""
+    return dataclasses.replace(PRESETS["toy"], in_dim=channels, out_dim=channels, cond_dim=channels)
+
+
+def fit_toy_codec(world: WorldConfig, seed: int, channels: int = TOY_CHANNELS, clips: int = 8) -> PCAToyCodec:
+    """PCA codec fitted on `clips` rendered 81-frame stories (streams no training or held-out clip uses)."""
+    videos = []
+    for i in range(clips):
+        frames = generate_sequence(world, clip_seed(seed, 10**6 + 1 + i), world.clip_frames).frames
+        videos.append(torch.from_numpy(frames).float().permute(3, 0, 1, 2)[None] / 127.5 - 1)
+    return fit_pca_codec(videos, channels)
+
+
+def toy_encoders(cfg: DiTConfig, codec: ToyCodec | PCAToyCodec) -> ToyEncoders:
     """The codec and encoders that fit a toy DiT config (text width and length, audio feature width)."""
-    return ToyEncoders(
-        ToyCodec(spatial_factor), ToyTextEncoder(cfg.text_dim, cfg.text_len), ToyAudioFeatures(cfg.audio_dim)
-    )
+    if codec.latent_channels != cfg.in_dim:
+        raise ValueError(f"the codec gives {codec.latent_channels} channels; the DiT takes {cfg.in_dim}")
+    return ToyEncoders(codec, ToyTextEncoder(cfg.text_dim, cfg.text_len), ToyAudioFeatures(cfg.audio_dim))
 
 
 def write_clips(root: Path, count: int, world: WorldConfig, seed: int, desc: str) -> Path:

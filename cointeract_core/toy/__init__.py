@@ -6,6 +6,7 @@ the whole system runs on a CPU with no downloads. The world generator and its ev
 
 from .audio import ToyAudioFeatures
 from .codec import ToyCodec
+from .pca_codec import PCAToyCodec, fit_pca_codec
 from .text import TOY_VOCABULARY, ToyTextEncoder
 
-__all__ = ["ToyAudioFeatures", "ToyCodec", "ToyTextEncoder", "TOY_VOCABULARY"]
+__all__ = ["ToyAudioFeatures", "ToyCodec", "PCAToyCodec", "fit_pca_codec", "ToyTextEncoder", "TOY_VOCABULARY"]

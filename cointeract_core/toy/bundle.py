@@ -26,6 +26,7 @@ from ..model import CoInteractDiT
 from ..safetensors_io import open_checkpoint, write_safetensors
 from .audio import ToyAudioFeatures
 from .codec import ToyCodec
+from .pca_codec import PCAToyCodec
 from .text import ToyTextEncoder
 
 __all__ = ["BUNDLE_VERSION", "BundleError", "save_bundle", "load_bundle", "is_bundle", "bundle_info", "Bundle"]
@@ -40,13 +41,14 @@ class BundleError(ValueError):
     """The file is not a toy bundle, is damaged, or comes from a newer version; the message says what to do."""
 
 
-Bundle = tuple[CoInteractDiT, ToyCodec, ToyTextEncoder, ToyAudioFeatures]
+Bundle = tuple[CoInteractDiT, "ToyCodec | PCAToyCodec", ToyTextEncoder, ToyAudioFeatures]
+_CODEC = "toy_codec."  # tensor-name prefix of a PCA codec's basis and mean
 
 
 def save_bundle(
     path: str | os.PathLike,
     model: nn.Module,
-    codec: ToyCodec,
+    codec: ToyCodec | PCAToyCodec,
     text: ToyTextEncoder,
     audio: ToyAudioFeatures,
     dtype: torch.dtype = torch.float16,
@@ -65,12 +67,16 @@ def save_bundle(
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     zeros = {k: list(v.shape) for k, v in state.items() if v.numel() > 1024 and not bool(v.any())}
     tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items() if k not in zeros}
+    codec_meta = {"kind": "lossless", "spatial_factor": codec.spatial_factor}
+    if isinstance(codec, PCAToyCodec):
+        codec_meta = {"kind": "pca", "spatial_factor": codec.spatial_factor, "channels": codec.latent_channels}
+        tensors.update({_CODEC + n: getattr(codec, n).float() for n in ("basis", "mean", "scale")})
     meta = {
         "format": "pt",
         _KEY: str(BUNDLE_VERSION),
         "cointeract_config": config_to_json(model.cfg),
         "cointeract_bundle_zeros": json.dumps(zeros, sort_keys=True),
-        "toy_codec": json.dumps({"spatial_factor": codec.spatial_factor}),
+        "toy_codec": json.dumps(codec_meta),
         "toy_text": json.dumps(_text_params(text)),
         "toy_audio": json.dumps({"feature_dim": audio.feature_dim}),
         **(extra or {}),
@@ -89,6 +95,17 @@ def _text_params(text: ToyTextEncoder) -> dict:
     if not torch.equal(ToyTextEncoder(**params).table, text.table):
         raise ValueError("the text encoder's word table is not the one its seed draws; bundles store the seed only")
     return params
+
+
+def _codec(meta: dict, state: dict[str, torch.Tensor]) -> ToyCodec | PCAToyCodec:
+    """The bundle's codec from its metadata (and, for PCA, its tensors, which are removed from `state`)."""
+    kind = meta.pop("kind", "lossless")
+    if kind == "lossless":
+        return ToyCodec(meta["spatial_factor"])
+    if kind != "pca":
+        raise ValueError(f"unknown codec kind {kind!r}")
+    basis, mean, scale = (state.pop(_CODEC + n).float().cpu() for n in ("basis", "mean", "scale"))
+    return PCAToyCodec(basis, mean, scale, meta["spatial_factor"])
 
 
 def _metadata(path: Path) -> dict[str, str]:
@@ -145,7 +162,7 @@ def load_bundle(
     try:
         cfg = config_from_json(meta["cointeract_config"])
         zeros = json.loads(meta.get("cointeract_bundle_zeros", "{}"))
-        codec = ToyCodec(**json.loads(meta["toy_codec"]))
+        codec_meta = json.loads(meta["toy_codec"])
         text = ToyTextEncoder(**json.loads(meta["toy_text"]))
         audio = ToyAudioFeatures(**json.loads(meta["toy_audio"]))
     except (ValueError, TypeError, KeyError) as err:
@@ -157,6 +174,10 @@ def load_bundle(
     except Exception as err:  # noqa: BLE001
         raise BundleError(f"{path}: reading the weights failed ({err}); the file is damaged or truncated") from err
     state.update({k: torch.zeros(shape, dtype=dtype, device=device) for k, shape in zeros.items()})
+    try:
+        codec = _codec(codec_meta, state)
+    except (ValueError, TypeError, KeyError) as err:
+        raise BundleError(f"{path}: the codec entry is invalid ({err}); write the bundle again") from err
     expected = set(model.state_dict())
     if set(state) != expected:
         raise BundleError(

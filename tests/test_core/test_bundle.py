@@ -97,7 +97,7 @@ def test_shipped_bundle_loads_and_generates():
     from comfyui_cointeract.cointeract_core.sampler import SamplerConfig
 
     model, codec, text, audio = load_bundle(ASSETS / "toy_bundle.safetensors")
-    assert model.cfg == PRESETS["toy"]
+    assert model.cfg.in_dim == codec.latent_channels == 16 and model.cfg.dim == PRESETS["toy"].dim
     assert (ASSETS / "toy_bundle.safetensors").stat().st_size < 12e6
     speech = load_audio(ASSETS / "speech.wav", sample_rate=16000)
     prompts = (ASSETS / "prompts.txt").read_text().splitlines()
@@ -108,3 +108,21 @@ def test_shipped_bundle_loads_and_generates():
     )  # fmt: skip
     result = generate(model, codec, cond, SamplerConfig(steps=2, cfg=1.0, shift=5.0), VideoOptions(max_clips=1))
     assert result.frames.shape == (80, 64, 64, 3) and torch.isfinite(result.frames).all()
+
+
+def test_pca_codec_round_trips_through_the_bundle(tmp_path):
+    from comfyui_cointeract.cointeract_core.toy import fit_pca_codec
+
+    gen = torch.Generator().manual_seed(0)
+    videos = [torch.rand(1, 3, 9, 64, 64, generator=gen) * 2 - 1 for _ in range(2)]
+    codec = fit_pca_codec(videos, channels=16)
+    lat = codec.encode(videos[0])
+    assert lat.shape == (1, 16, 3, 8, 8) and codec.decode(lat).shape == (1, 3, 9, 64, 64)
+    again = codec.encode(codec.decode(lat))  # a projection (latent 0 loses its three unused frame slots)
+    torch.testing.assert_close(again[:, :, 1:], lat[:, :, 1:], atol=1e-4, rtol=0)
+    cfg = dataclasses.replace(SMALL, in_dim=16, out_dim=16, cond_dim=16)
+    model = CoInteractDiT(cfg)
+    path = save_bundle(tmp_path / "pca.safetensors", model, codec, *_encoders()[1:])
+    loaded, codec2 = load_bundle(path)[:2]
+    assert torch.equal(codec2.basis, codec.basis) and torch.equal(codec2.mean, codec.mean)
+    assert set(loaded.state_dict()) == set(model.state_dict())

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from comfyui_cointeract.cointeract_core.config import PRESETS
 from comfyui_cointeract.cointeract_core.model import CoInteractDiT
 from comfyui_cointeract.cointeract_core.toy.bundle import load_bundle
 from comfyui_cointeract.train import demo
 from comfyui_cointeract.train.cache import CachedDataset
 from comfyui_cointeract.train.config import LOSS_PRESETS
+from comfyui_cointeract.train.demo_data import toy_config
 from comfyui_cointeract.train.demo_train import toy_stages, train_stages, zero_far_motion
 from comfyui_cointeract.train.synthetic import random_base_init
 
@@ -57,7 +57,7 @@ def test_demo_writes_every_output_and_a_complete_report(demo_run):
     assert {"data_s", "train_s", "generate_s", "total_s"} <= report["timings"].keys()
     text = (out / "report.txt").read_text()
     assert "router recall on held-out hand tokens" in text and "torch.equal" in text
-    assert load_bundle(out / "toy_bundle.safetensors")[0].cfg == PRESETS["toy"]
+    assert load_bundle(out / "toy_bundle.safetensors")[0].cfg == toy_config()
 
 
 @pytest.mark.parametrize("minutes", ["0", "-1", str(24 * 60 + 1), "nan"])
@@ -94,7 +94,7 @@ def test_ctrl_c_leaves_a_partial_report(tmp_path, monkeypatch):
 
 def _train(cache: Path, steps: tuple[int, int], seed: int = 0) -> tuple[CoInteractDiT, list]:
     torch.manual_seed(seed)
-    model = random_base_init(CoInteractDiT(PRESETS["toy"], "sdpa"), seed)
+    model = random_base_init(CoInteractDiT(toy_config(), "sdpa"), seed)
     zero_far_motion(model)
     data = CachedDataset(cache / "train")
     results = train_stages(
