@@ -248,3 +248,49 @@ def fmt_s(s: float) -> str:
 
 def ceil_div(a: int, b: int) -> int:
     return math.ceil(a / b)
+
+
+def _synthetic_value(name: str, shape, dtype, device, gen) -> torch.Tensor:
+    """Deterministic stand-in weights that keep activations finite: fan-in scaled matrices, unit norms, small rest."""
+    if name.endswith("casual_audio_encoder.weights"):
+        return torch.full(shape, 0.01, dtype=dtype, device=device)
+    if len(shape) == 1 and "norm" in name:
+        return torch.ones(shape, dtype=dtype, device=device)
+    fan_in = math.prod(shape[1:]) if len(shape) > 1 else 0
+    std = 0.5 * fan_in**-0.5 if fan_in and not name.endswith("modulation") else 0.02
+    return (torch.randn(shape, generator=gen, device=device) * std).to(dtype)
+
+
+@torch.no_grad()
+def build_synthetic(cfg: DiTConfig, device, swapped=(), weights: str = "bf16", seed: int = 0):
+    """The DiT with synthetic weights made on `device` tensor by tensor (never the whole model in host RAM):
+    blocks in `swapped` end up on the CPU (for offload.install_block_swap), the rest on `device`; fp8 = the
+    Linear layers of fp8.QUANTIZED_MODULES as FP8Linear."""
+    from torch import nn
+
+    from comfyui_cointeract.cointeract_core.fp8 import FP8Linear, quantize_model_fp8, quantize_tensor
+    from comfyui_cointeract.cointeract_core.model import CoInteractDiT
+
+    with torch.device("meta"):
+        model = CoInteractDiT(cfg).to(torch.bfloat16)
+    if weights == "fp8":
+        quantize_model_fp8(model)
+    gen, swapped = torch.Generator(device).manual_seed(seed), set(swapped)
+    for mname, module in model.named_modules():
+        parts = mname.split(".")
+        dest = "cpu" if parts[0] == "blocks" and len(parts) > 1 and int(parts[1]) in swapped else device
+        if isinstance(module, FP8Linear):
+            w = _synthetic_value(f"{mname}.weight", module.weight.shape, torch.bfloat16, device, gen)
+            w8, scale = quantize_tensor(w)
+            module._buffers["weight"], module._buffers["scale_weight"] = w8.to(dest), scale.to(dest)
+            module._parameters["bias"] = nn.Parameter(torch.zeros_like(module.bias, device=dest), requires_grad=False)
+            continue
+        for pname, p in list(module._parameters.items()):
+            if p is not None and p.is_meta:
+                value = _synthetic_value(f"{mname}.{pname}", tuple(p.shape), p.dtype, device, gen).to(dest)
+                module._parameters[pname] = nn.Parameter(value, requires_grad=False)
+        for bname, b in list(module._buffers.items()):
+            if b is not None and b.is_meta:
+                value = _synthetic_value(f"{mname}.{bname}", tuple(b.shape), b.dtype, device, gen)
+                module._buffers[bname] = value.to(dest)
+    return model.eval()
