@@ -89,7 +89,7 @@ def main() -> None:
                 hits,
             ]
         )
-    bw = pinned_bandwidth(rows and run_block_bytes(cfg, args.weights), device)
+    bw = pinned_bandwidth(run_block_bytes(cfg, args.weights), device)
     print(
         f"# Block-swap overhead on {C.describe_device(device)}, {args.weights}, {args.layers} blocks of the 14B width, "
         f"{layout.total:,} tokens; pinned host-to-device copy: {bw:.1f} GB/s\n"
