@@ -58,7 +58,7 @@ def test_14b_weight_bytes():
 
 @pytest.mark.parametrize(("hw", "frames", "hoi"), [((16, 32), 4, False), ((32, 32), 6, True)])
 def test_activation_estimate_bounds_the_measured_peak(hw, frames, hoi, make_inputs):
-    cfg = scaled_cfg(256, layers=2)
+    cfg = scaled_cfg(128, layers=2)
     model = CoInteractDiT(cfg).eval().to(torch.bfloat16)
     inputs = make_inputs(cfg, frames=frames, hw=hw, hoi=hoi)
     layout = SequenceLayout(frames=frames, latent_hw=hw, product=True, product_scale=0.6, motion=True, hoi=hoi)
@@ -155,3 +155,28 @@ def test_scaled_cfg_keeps_14b_proportions():
     assert abs(cfg.ffn_dim / cfg.dim - big.ffn_dim / big.dim) < 0.01
     assert cfg.moe.expert_dim == cfg.dim // 20 and big.moe.expert_dim == big.dim // 20
     assert dataclasses.replace(cfg, hoi=None).hoi is None
+
+
+@pytest.mark.gpu
+def test_compiled_blocks_on_cuda_within_tolerance_of_bf16(ci_model, ci_cfg, make_inputs):
+    model = copy.deepcopy(ci_model).to("cuda", torch.bfloat16)
+    inputs = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in make_inputs(ci_cfg).items()}
+    with torch.no_grad():
+        ref = model(**inputs).velocity.float()
+        compile_blocks(model)
+        out = model(**inputs).velocity.float()
+    assert float((out - ref).norm() / ref.norm()) < 0.02
+
+
+@pytest.mark.gpu
+def test_planned_swap_fits_measured_peak_on_cuda(ci_cfg, make_inputs):
+    """The planner's estimate bounds max_memory_allocated of a swapped forward (tiny model, bf16)."""
+    model = CoInteractDiT(ci_cfg).eval().to(torch.bfloat16)
+    inputs = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in make_inputs(ci_cfg, hoi=False).items()}
+    layout = SequenceLayout(frames=3, latent_hw=(8, 16), product=True, product_scale=0.6, motion=True)
+    est = mp.estimate_memory(ci_cfg, layout, "bf16", n_swap=2, reserve_bytes=0)
+    install_block_swap(model, "cuda", n_swap=2)
+    torch.cuda.reset_peak_memory_stats()
+    with torch.no_grad():
+        model(**inputs)
+    assert torch.cuda.max_memory_allocated() <= est.total + (64 << 20)  # + allocator rounding of tiny tensors
