@@ -60,12 +60,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--train-clips", type=int, default=20, help="toy-world training clips (81 frames each)")
     p.add_argument("--eval-clips", type=int, default=4, help="held-out clips for router recall and losses")
-    p.add_argument("--steps", type=int, nargs=2, default=(250, 100), metavar=("STAGE1", "STAGE2"),
+    p.add_argument("--steps", type=int, nargs=2, default=(400, 150), metavar=("STAGE1", "STAGE2"),
                    help="optimizer steps per stage (a stage also stops when its time share is spent)")  # fmt: skip
-    p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate of both stages (AdamW)")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of both stages (AdamW)")
     p.add_argument("--shift", type=float, default=5.0, help="timestep shift in training and sampling (official 5 / 7)")
     p.add_argument("--clips", type=int, default=2, help="80-frame clips to generate (>= 2 shows clip chaining)")
-    p.add_argument("--sample-steps", type=int, default=10, help="sampler steps per clip")
+    p.add_argument("--sample-steps", type=int, default=20, help="sampler steps per clip")
     p.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance (1 = one forward per step)")
     args = p.parse_args(argv)
     _validate(p, args)

@@ -102,8 +102,9 @@ def generate_and_score(report: dict, out: Path, engines: tuple, held: HeldOut, a
     audio_t = torch.from_numpy(seq.audio)[None]
     write_video(out / "demo.mp4", plain.frames, plain.fps, audio_t, cfg.sample_rate)
     write_video(out / "hoi_preview.mp4", rich.hoi_frames, rich.fps, audio_t, cfg.sample_rate)
-    maps = rich.router_maps
-    write_video(out / "router_heatmaps.mp4", overlay_heatmaps(rich.frames[: maps.shape[0]], maps), rich.fps)
+    maps = rich.router_maps  # None when every step is at t >= 900 (experts and router are off there)
+    if maps is not None:
+        write_video(out / "router_heatmaps.mp4", overlay_heatmaps(rich.frames[: maps.shape[0]], maps), rich.fps)
     write_png(out / "frame_grid.png", frame_grid(_uint8(plain.frames), columns=10, step=8, scale=2))
     truth = torch.from_numpy(seq.frames[: len(plain.frames)]).float() / 255
     report["world_eval"] = {"generated": score(plain.frames, held), "ground_truth": score(truth, held)}

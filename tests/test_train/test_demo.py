@@ -18,7 +18,7 @@ from comfyui_cointeract.train.demo_data import toy_config
 from comfyui_cointeract.train.demo_train import toy_stages, train_stages, zero_far_motion
 from comfyui_cointeract.train.synthetic import random_base_init
 
-TINY = ["--train-clips", "2", "--eval-clips", "1", "--steps", "2", "1", "--sample-steps", "1", "--minutes", "10"]
+TINY = ["--train-clips", "2", "--eval-clips", "1", "--steps", "2", "1", "--sample-steps", "2", "--minutes", "10"]
 
 
 @pytest.fixture(autouse=True)
