@@ -98,7 +98,7 @@ def _train(cache: Path, steps: tuple[int, int], seed: int = 0) -> tuple[CoIntera
     zero_far_motion(model)
     data = CachedDataset(cache / "train")
     results = train_stages(
-        model, data, toy_stages(steps), (600, 600), loss=LOSS_PRESETS["paper"], seed=seed,
+        model, data, toy_stages(steps, lr=2e-3), (600, 600), loss=LOSS_PRESETS["paper"], seed=seed,
         held_out=CachedDataset(cache / "held_out"),
     )  # fmt: skip
     return model, results
@@ -116,7 +116,7 @@ def test_training_is_deterministic_for_a_seed(demo_run):
 @pytest.mark.slow
 def test_router_recall_beats_the_class_prior_after_a_short_training(demo_run):
     torch.set_num_threads(2)
-    _, results = _train(demo_run[0] / "cache", (40, 10))
+    _, results = _train(demo_run[0] / "cache", (80, 20))
     held = results[-1].held_out
     for name in ("hand", "face"):
         assert held[f"router_recall_{name}"] > 1.5 * held[f"router_prior_{name}"], (name, held)
