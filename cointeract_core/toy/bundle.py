@@ -4,8 +4,9 @@ Tensors are the DiT's, under the official key names, stored in fp16. Metadata:
 
 - `cointeract_bundle`: the format version (a newer file is refused with a message to update the package);
 - `cointeract_config`: the DiT config (so `cointeract inspect` and `from_state_dict` read the file as a DiT);
-- `toy_codec`, `toy_text`, `toy_audio`: the constructor arguments of `ToyCodec`, `ToyTextEncoder` (its word table
-  is drawn from its seed, so the seed is enough) and `ToyAudioFeatures`;
+- `toy_codec`, `toy_text`, `toy_audio`: the codec (`{"kind": "lossless", "spatial_factor": s}`, or `"pca"` whose
+  basis / mean / scale are the tensors `toy_codec.*`), and the constructor arguments of `ToyTextEncoder` (its word
+  table is drawn from its seed, so the seed is enough) and `ToyAudioFeatures`;
 - `cointeract_bundle_zeros`: tensors that are all zeros, stored as their shapes only. The toy keeps FramePack's
   2x / 4x motion projections at zero (frozen): the 4x kernel (4, 8, 8) over 768 codec channels alone is 25 M of
   the model's 32 M parameters, and leaving them out keeps the bundle at a few MB.
