@@ -146,6 +146,7 @@ def run_demo(args: argparse.Namespace, report: dict) -> dict:
     report["timings"]["data_s"] = round(time.monotonic() - t, 1)
 
     t = time.monotonic()
+    torch.manual_seed(args.seed)  # the official CoInteract-part init draws from the global generator
     model = random_base_init(CoInteractDiT(cfg, "sdpa"), args.seed)
     zero_far_motion(model)
     metrics = MetricsLog(out / "metrics.jsonl")

@@ -14,6 +14,8 @@ import math
 import time
 from collections.abc import Sequence
 
+import torch
+
 from ..cointeract_core.model import CoInteractDiT
 from ..cointeract_core.pipeline import VideoOptions, generate
 from ..cointeract_core.sampler import SamplerConfig
@@ -60,6 +62,7 @@ def run_variant(
     moe, hoi, attention = VARIANTS[name]
     cfg = toy_config(enc.codec.latent_channels)
     cfg = cfg if moe else dataclasses.replace(cfg, moe=None)
+    torch.manual_seed(args.seed)  # the official CoInteract-part init draws from the global generator
     model = random_base_init(CoInteractDiT(cfg, "sdpa"), args.seed)
     zero_far_motion(model)
     stages = toy_stages(tuple(args.steps), lr=args.lr, hoi=hoi, stage2_attention=attention)
