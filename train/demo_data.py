@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,8 +16,8 @@ from ..cointeract_core.toy import PCAToyCodec, ToyAudioFeatures, ToyCodec, ToyTe
 from .cache import CachedDataset, build_cache
 from .data import RawClipDataset
 from .toy_io import write_png
-from .world import PRODUCT_COLOURS, WorldConfig, WorldSequence, generate_sequence, make_clip, person_image
-from .world_dataset import COLUMNS, clip_seed, write_clip
+from .world import PRODUCT_COLOURS, WorldConfig, WorldSequence, generate_sequence, person_image
+from .world_dataset import clip_seed, write_world_dataset
 from .world_render import render_product
 
 __all__ = [
@@ -68,21 +66,7 @@ def toy_encoders(cfg: DiTConfig, codec: ToyCodec | PCAToyCodec) -> ToyEncoders:
 
 def write_clips(root: Path, count: int, world: WorldConfig, seed: int, desc: str) -> Path:
     """Render `count` clips (streams clip_seed(seed, i)) into root in the official CSV layout -> data.csv."""
-    root.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i in tqdm(range(count), desc=desc, unit="clip", dynamic_ncols=True):
-        clip = make_clip(world, clip_seed(seed, i))
-        if i == 0:
-            write_png(root / "person.png", clip.person_image)
-        rows.append(write_clip(root, f"clips/{i:06d}", clip, "person.png"))
-    path = root / "data.csv"
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
-    return path
+    return write_world_dataset(root, count, world, seed, progress=desc)
 
 
 def cache_clips(

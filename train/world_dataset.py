@@ -27,6 +27,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from ..cointeract_core.media_audio import write_wav
 from .toy_io import lossless_video_suffix, write_lossless_video, write_png
@@ -103,8 +104,13 @@ def write_clip(root: Path, folder: str, clip: WorldClip, person_path: str) -> di
     }
 
 
-def write_world_dataset(root: str | os.PathLike, count: int, cfg: WorldConfig | None = None, seed: int = 0) -> Path:
-    """Render `count` clips into `root` (see the module docstring) and return the path of data.csv."""
+def write_world_dataset(
+    root: str | os.PathLike, count: int, cfg: WorldConfig | None = None, seed: int = 0, progress: str | None = None
+) -> Path:
+    """Render `count` clips into `root` (see the module docstring) and return the path of data.csv.
+
+    `progress` names a tqdm bar over the clips (None: no bar).
+    """
     cfg = cfg or WorldConfig()
     if count <= 0:
         raise ValueError(f"count must be a positive number of clips, got {count}")
@@ -115,7 +121,7 @@ def write_world_dataset(root: str | os.PathLike, count: int, cfg: WorldConfig | 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     rows = []
-    for i in range(count):
+    for i in tqdm(range(count), desc=progress, unit="clip", dynamic_ncols=True, disable=progress is None):
         clip = make_clip(cfg, clip_seed(seed, i))
         if i == 0:
             write_png(root / "person.png", clip.person_image)
