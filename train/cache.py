@@ -244,9 +244,10 @@ def build_cache(
     out.mkdir(parents=True, exist_ok=True)
     manifest = _resume(out, _config(dataset, vae, text_encoder, audio_encoder, dtype))
     if not (out / SHARED).is_file():
-        with torch.no_grad():
-            empty = text_encoder.encode([""])[0]
-        write_safetensors(out / SHARED, {"empty_prompt": empty.detach().cpu().to(dtype)}, {"format": FORMAT})
+        with torch.no_grad():  # prompt dropout: "" for RGB, the HOI prefix alone for the HOI stream (official)
+            empty, hoi_empty = text_encoder.encode(["", HOI_PREFIX])
+        shared = {"empty_prompt": empty, "hoi_empty_prompt": hoi_empty}
+        write_safetensors(out / SHARED, {k: v.detach().cpu().to(dtype) for k, v in shared.items()}, {"format": FORMAT})
     done = {s["key"] for s in manifest["samples"]}
     dropped = [{"row": r, "reason": c, "message": m} for r, c, m in dataset.report().dropped]
     writer = _ShardWriter(out, manifest, shard_size, dtype)
@@ -283,6 +284,8 @@ class CachedDataset(torch.utils.data.Dataset):
                 )
             with safe_open(self.dir / shard, framework="pt") as f:
                 keys = set(f.keys())
+            if shard == SHARED:
+                self._has_hoi_empty = "hoi_empty_prompt" in keys  # caches built before it was stored lack it
             wanted = {"empty_prompt"} if shard == SHARED else set()
             wanted |= {f"{s['key']}/{n}" for s in self.samples if s["shard"] == shard for n in s["tensors"]}
             if wanted - keys:
@@ -326,6 +329,7 @@ class CachedDataset(torch.utils.data.Dataset):
             empty_prompt=self._get(SHARED, "empty_prompt"),
             hoi_prompt=t.get("hoi_prompt"),
             audio=t["audio"],
+            hoi_empty_prompt=self._get(SHARED, "hoi_empty_prompt") if self._has_hoi_empty and "hoi" in t else None,
             router_targets=t["router_targets"],
             router_weights=t["router_weights"],
         )

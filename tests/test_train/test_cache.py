@@ -107,12 +107,15 @@ def test_shapes_and_contents(dataset, tmp_path):
     assert torch.equal(full.prompt, TinyText().encode([prompt])[0])
     assert torch.equal(full.hoi_prompt, TinyText().encode([HOI_PREFIX + prompt])[0])
     assert torch.equal(full.empty_prompt, TinyText().encode([""])[0]) and full.empty_prompt.shape == (1, 6)
+    assert torch.equal(full.hoi_empty_prompt, TinyText().encode([HOI_PREFIX])[0])  # HOI prompt dropout (official)
+    assert noproduct.hoi_empty_prompt is None  # no HOI stream, no HOI prompt
     assert full.audio.shape == (3, 4, 80)
     assert full.router_targets.shape == (320, 3) and full.router_weights.shape == (320,)
     assert torch.equal(full.router_targets, ds[0].router_targets) and full.product_scale == 1.0
     assert nomotion.motion is None and torch.equal(nomotion.target_with_motion, nomotion.target_alone)
     assert noproduct.product is None and noproduct.pose is None and noproduct.hoi is None
     assert noproduct.hoi_prompt is None and noproduct.motion is not None
+
     # The VAE saw: two joint 153-frame passes (rows with motion), three 81-frame person-first passes, pose and HOI.
     assert sorted(vae.calls).count(153) == 2 and 73 not in vae.calls
     assert sorted(vae.calls).count(81) == 3 + 2 and vae.calls.count(1) == 3 + 2
@@ -201,3 +204,14 @@ def test_row_that_stops_loading_is_dropped(kit, tmp_path):
     assert [s["row"] for s in manifest["samples"]] == [0]
     assert [(d["row"], d["reason"]) for d in manifest["dropped"]] == [(1, "load_failed")]
     assert "input.mkv" in manifest["dropped"][0]["message"]
+
+
+def test_caches_without_hoi_empty_prompt_still_load(dataset, tmp_path):
+    """A cache written before `hoi_empty_prompt` was stored opens; its samples carry None (the trainer warns)."""
+    from safetensors.torch import load_file, save_file
+
+    build_cache(dataset, ToyCodec(4), TinyText(), TinyAudio(), tmp_path / "c", dtype=torch.float32)
+    shared = tmp_path / "c" / "shared.safetensors"
+    save_file({"empty_prompt": load_file(shared)["empty_prompt"]}, shared, metadata={"format": "pt"})
+    sample = CachedDataset(tmp_path / "c")[0]
+    assert sample.hoi is not None and sample.hoi_empty_prompt is None
