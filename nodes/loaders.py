@@ -10,6 +10,7 @@ import torch
 from ..cointeract_core.attention import resolve_backend
 from ..cointeract_core.checkpoint import load_dit, read_state_dict
 from ..cointeract_core.finetune import finetune_updates
+from ..cointeract_core.toy.bundle import is_bundle, load_bundle
 from . import services
 from .types import COINTERACT_MODEL
 
@@ -35,7 +36,9 @@ class CoInteractModelLoader:
         "Loads the CoInteract video DiT: the Wan2.2-S2V-14B weights from models/diffusion_models (ComfyUI's single "
         "file, or any shard of the original sharded set) plus the CoInteract checkpoint from models/cointeract "
         "(its LoRA is merged at `lora_strength`; MoE and HOI weights are loaded). ComfyUI's model management "
-        "moves it to the GPU when sampling and offloads it when memory is needed."
+        "moves it to the GPU when sampling and offloads it when memory is needed. A toy bundle (from `cointeract "
+        "demo`) put in models/diffusion_models loads here too, as a whole model; its codec and encoders come from "
+        "CoInteract Toy Bundle Loader."
     )
     RETURN_TYPES = (COINTERACT_MODEL,)
     RETURN_NAMES = ("model",)
@@ -69,6 +72,8 @@ class CoInteractModelLoader:
             raise ValueError("no base model: put Wan2.2-S2V-14B in models/diffusion_models and pick it")
         backend = resolve_backend(attention)  # fails now, not at sampling, if the kernel is missing
         base = services.model_file_path(BASE_FOLDER, base_model)
+        if is_bundle(base):
+            return (self._load_bundle(base, cointeract_checkpoint, WEIGHT_DTYPES[weight_dtype], backend),)
         extra = None
         if cointeract_checkpoint != NONE:
             extra = services.model_file_path(services.COINTERACT_FOLDER, cointeract_checkpoint)
@@ -82,6 +87,19 @@ class CoInteractModelLoader:
             backend,
         )
         return (services.wrap_model(dit),)
+
+    @staticmethod
+    def _load_bundle(path: str, cointeract_checkpoint: str, dtype: torch.dtype, backend: str) -> Any:
+        """A toy bundle is a whole CoInteract model (its parts are inside); no checkpoint goes on top."""
+        if cointeract_checkpoint != NONE:
+            raise ValueError(
+                f"{path} is a toy bundle: it already holds the whole CoInteract model (MoE and HOI included), so no "
+                f"CoInteract checkpoint goes on top of it; set cointeract_checkpoint to '{NONE}'"
+            )
+        dit = load_bundle(path, services.unet_offload_device(), dtype)[0]
+        dit.attention_backend = backend
+        log.info("CoInteract: loaded the toy bundle %s as the model (%s, attention %s)", path, dtype, backend)
+        return services.wrap_model(dit)
 
 
 class CoInteractLoRA:

@@ -86,6 +86,23 @@ def test_loader_errors(model_files: Path, tmp_path: Path, monkeypatch: pytest.Mo
             weight_dtype="fp32", attention="magic")  # fmt: skip
 
 
+def test_loader_takes_a_toy_bundle_as_the_whole_model(model_files: Path, tmp_path: Path, monkeypatch) -> None:
+    from comfyui_cointeract.cointeract_core.toy.bundle import load_bundle
+    from comfyui_cointeract.nodes.toy import ASSETS
+
+    (tmp_path / "diffusion_models").mkdir()
+    (tmp_path / "cointeract").symlink_to(model_files / "cointeract")
+    shutil.copy(ASSETS / "toy_bundle.safetensors", tmp_path / "diffusion_models" / "toy.safetensors")
+    monkeypatch.setattr(services, "comfy_available", lambda: False)
+    monkeypatch.setenv(services.MODELS_DIR_ENV, str(tmp_path))
+    model = load(base="toy.safetensors", ckpt="none").model
+    reference = load_bundle(ASSETS / "toy_bundle.safetensors")[0]
+    assert model.cfg == reference.cfg and model.cfg.moe is not None and model.cfg.hoi is not None
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values()))
+    with pytest.raises(ValueError, match="toy bundle: it already holds the whole CoInteract model"):
+        load(base="toy.safetensors", ckpt="ckpt.safetensors")
+
+
 def test_checkpoint_that_does_not_fit_the_base(model_files: Path, tmp_path: Path, monkeypatch, cfgs) -> None:
     from comfyui_cointeract.cointeract_core.checkpoint import save_cointeract_checkpoint
 
