@@ -40,11 +40,13 @@ class ToyEncoders:
     audio: ToyAudioFeatures
 
 
-TOY_CHANNELS = 16  # PCA channels of the demo's codec: 16 x 2x2 = 64 numbers per token for a 128-wide DiT
+TOY_CHANNELS = PRESETS[
+    "toy"
+].in_dim  # PCA channels of the demo's codec: 16 x 2x2 = 64 numbers per token for a 128-wide DiT
 
 
 def toy_config(channels: int = TOY_CHANNELS) -> DiTConfig:
-    """The `toy` preset with `channels` latent channels (in, out and pose), as the PCA codec gives."""
+    """The `toy` preset (16 PCA channels) with `channels` latent channels in, out and pose."""
     return dataclasses.replace(PRESETS["toy"], in_dim=channels, out_dim=channels, cond_dim=channels)
 
 

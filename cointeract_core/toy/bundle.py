@@ -8,8 +8,8 @@ Tensors are the DiT's, under the official key names, stored in fp16. Metadata:
   basis / mean / scale are the tensors `toy_codec.*`), and the constructor arguments of `ToyTextEncoder` (its word
   table is drawn from its seed, so the seed is enough) and `ToyAudioFeatures`;
 - `cointeract_bundle_zeros`: tensors that are all zeros, stored as their shapes only. The toy keeps FramePack's
-  2x / 4x motion projections at zero (frozen): the 4x kernel (4, 8, 8) over 768 codec channels alone is 25 M of
-  the model's 32 M parameters, and leaving them out keeps the bundle at a few MB.
+  2x / 4x motion projections at zero (frozen): their (2, 4, 4) / (4, 8, 8) kernels are the bulk of a toy DiT
+  (over the lossless 768-channel codec, 25 M of 32 M parameters), and leaving them out keeps the bundle small.
 """
 
 from __future__ import annotations

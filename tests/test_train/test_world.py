@@ -13,7 +13,13 @@ import torch
 
 from comfyui_cointeract.cointeract_core.config import PRESETS
 from comfyui_cointeract.cointeract_core.model import CoInteractDiT
-from comfyui_cointeract.cointeract_core.toy import TOY_VOCABULARY, ToyAudioFeatures, ToyCodec, ToyTextEncoder
+from comfyui_cointeract.cointeract_core.toy import (
+    TOY_VOCABULARY,
+    ToyAudioFeatures,
+    ToyCodec,
+    ToyTextEncoder,
+    fit_pca_codec,
+)
 from comfyui_cointeract.cointeract_core.toy.text import tokenize
 from comfyui_cointeract.train.cache import CachedDataset, build_cache
 from comfyui_cointeract.train.clip_media import iter_frames
@@ -316,10 +322,11 @@ def test_trainer_cache_and_toy_model_consume_the_dataset(world_csv, tmp_path):
     """World CSV -> RawClipDataset -> latent cache with the toy codec and encoders -> the toy preset's forward."""
     cfg = PRESETS["toy"]
     ds = RawClipDataset(world_csv, None, 64, 64, patch=16)
-    encoders = (ToyCodec(8), ToyTextEncoder(cfg.text_dim, cfg.text_len), ToyAudioFeatures(cfg.audio_dim))
+    codec = fit_pca_codec([torch.rand(1, 3, 9, 64, 64) * 2 - 1], cfg.in_dim)  # the preset's 16 PCA channels
+    encoders = (codec, ToyTextEncoder(cfg.text_dim, cfg.text_len), ToyAudioFeatures(cfg.audio_dim))
     build_cache(ds, *encoders, tmp_path / "cache", dtype=torch.float32)
     s = CachedDataset(tmp_path / "cache")[0]
-    assert s.target_with_motion.shape == (768, 20, 8, 8) and s.motion.shape == (768, 19, 8, 8)
+    assert s.target_with_motion.shape == (16, 20, 8, 8) and s.motion.shape == (16, 19, 8, 8)
     assert s.audio.shape == (25, 16, 80) and s.router_targets.shape == (320, 3)
     assert s.router_targets[:, 1].sum() > 0 and s.router_targets[:, 2].sum() > 0  # hand and face tokens
     model = CoInteractDiT(cfg).train()
@@ -327,5 +334,5 @@ def test_trainer_cache_and_toy_model_consume_the_dataset(world_csv, tmp_path):
         s.target_with_motion[None], 500.0, s.prompt[None], s.audio[None], s.person[None], product=s.product[None],
         motion=s.motion[None], hoi=s.hoi[None], hoi_context=s.hoi_prompt[None], attention="full",
     )  # fmt: skip
-    assert out.velocity.shape == out.hoi_velocity.shape == (1, 768, 20, 8, 8)
+    assert out.velocity.shape == out.hoi_velocity.shape == (1, 16, 20, 8, 8)
     assert out.router_logits.shape == (cfg.num_layers, 1, 320, 3)
