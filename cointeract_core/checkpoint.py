@@ -33,6 +33,8 @@ from .safetensors_io import (
 
 log = logging.getLogger(__name__)
 
+BUNDLE_KEY = "cointeract_bundle"  # metadata key marking a toy bundle (toy/bundle.py), refused by load_dit
+
 __all__ = [
     "LoadPlan",
     "Checkpoint",
@@ -161,6 +163,13 @@ def _listing(title: str, items: Sequence[str], limit: int = 10) -> str:
 
 
 def _check_families(base: Checkpoint, extra: Checkpoint | None) -> None:
+    for ckpt in (base, extra):
+        if ckpt is not None and BUNDLE_KEY in ckpt.metadata:
+            raise ValueError(
+                f"{ckpt.name} is a toy bundle (from `cointeract demo`): the whole toy model with its codec and "
+                "encoders. Load it alone: `cointeract generate --bundle FILE`, `toy.bundle.load_bundle`, or in "
+                "ComfyUI the CoInteract Toy Bundle Loader (or CoInteract Model Loader with no CoInteract checkpoint)"
+            )
     family, label = describe_family(base.shapes())
     if family == "cointeract":
         raise ValueError(

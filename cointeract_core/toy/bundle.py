@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..checkpoint import BUNDLE_KEY
 from ..config import DiTConfig, config_from_json, config_to_json
 from ..model import CoInteractDiT
 from ..safetensors_io import open_checkpoint, write_safetensors
@@ -35,7 +36,7 @@ __all__ = ["BUNDLE_VERSION", "BundleError", "save_bundle", "load_bundle", "is_bu
 log = logging.getLogger(__name__)
 
 BUNDLE_VERSION = 1
-_KEY = "cointeract_bundle"
+_KEY = BUNDLE_KEY
 
 
 class BundleError(ValueError):

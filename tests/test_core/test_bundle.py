@@ -15,9 +15,10 @@ from comfyui_cointeract.cointeract_core.model import CoInteractDiT
 from comfyui_cointeract.cointeract_core.toy import ToyAudioFeatures, ToyCodec, ToyTextEncoder
 from comfyui_cointeract.cointeract_core.toy.bundle import BundleError, bundle_info, is_bundle, load_bundle, save_bundle
 
-SMALL = dataclasses.replace(
-    PRESETS["toy"], dim=32, ffn_dim=32, num_heads=2, num_layers=2, audio_inject_layers=(0, 1), moe=MoEConfig(8)
-)
+SMALL = dataclasses.replace(  # over the lossless ToyCodec(8): 768 channels (the preset takes the 16-channel PCA)
+    PRESETS["toy"], dim=32, ffn_dim=32, num_heads=2, num_layers=2, audio_inject_layers=(0, 1), moe=MoEConfig(8),
+    in_dim=768, out_dim=768, cond_dim=768,
+)  # fmt: skip
 ASSETS = Path(__file__).resolve().parents[2] / "cointeract_core" / "toy" / "assets"
 
 
@@ -63,6 +64,17 @@ def test_plain_dit_file_is_not_a_bundle(small_model, tmp_path):
     assert not is_bundle(path)
     with pytest.raises(BundleError, match="is a DiT checkpoint, not a toy bundle"):
         load_bundle(path)
+
+
+def test_dit_loader_refuses_a_bundle_and_says_how_to_load_it(bundle_path, tmp_path):
+    from comfyui_cointeract.cointeract_core.checkpoint import load_dit
+
+    with pytest.raises(ValueError, match="is a toy bundle .* Load it alone: `cointeract generate --bundle FILE`"):
+        load_dit(bundle_path)
+    plain = tmp_path / "dit.safetensors"
+    save_dit(CoInteractDiT(dataclasses.replace(SMALL, moe=None, hoi=None)), plain)
+    with pytest.raises(ValueError, match="is a toy bundle"):
+        load_dit(plain, bundle_path)
 
 
 def test_truncated_and_garbage_files_are_refused(bundle_path, tmp_path):
