@@ -21,16 +21,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..cointeract_core.model import CoInteractDiT
 from ..cointeract_core.toy.bundle import load_bundle, save_bundle
 from .config import LOSS_PRESETS, LossConfig
 from .demo_ablation import VARIANTS, ablation_table, run_variant
-from .demo_data import cache_clips, fit_toy_codec, held_out_inputs, toy_config, toy_encoders, write_clips, write_inputs
+from .demo_data import (
+    cache_clips,
+    demo_world,
+    fit_toy_codec,
+    held_out_inputs,
+    toy_config,
+    toy_encoders,
+    write_clips,
+    write_inputs,
+)
 from .demo_report import generate_and_score, write_report
-from .demo_train import toy_stages, train_stages, zero_far_motion
+from .demo_train import toy_model, toy_stages, train_stages
 from .metrics import MetricsLog
-from .synthetic import random_base_init
-from .world import WorldConfig
 
 __all__ = ["main", "DEFAULT_MINUTES", "run_demo", "parse_args"]
 
@@ -133,7 +139,7 @@ def run_demo(args: argparse.Namespace, report: dict) -> dict:
     out, budget = Path(args.out), Budget(args.minutes)
     seed_everything(args.seed, args.threads)
     _prepare_out(out, args.force)
-    cfg, world = toy_config(), WorldConfig()
+    cfg, world = toy_config(), demo_world()
     enc = toy_encoders(cfg, fit_toy_codec(world, args.seed))
     report.update(seed=args.seed, threads=args.threads, minutes=args.minutes, torch=torch.__version__, timings={})
 
@@ -146,9 +152,7 @@ def run_demo(args: argparse.Namespace, report: dict) -> dict:
     report["timings"]["data_s"] = round(time.monotonic() - t, 1)
 
     t = time.monotonic()
-    torch.manual_seed(args.seed)  # the official CoInteract-part init draws from the global generator
-    model = random_base_init(CoInteractDiT(cfg, "sdpa"), args.seed)
-    zero_far_motion(model)
+    model = toy_model(cfg, args.seed)
     metrics = MetricsLog(out / "metrics.jsonl")
     metrics.truncate(0)
     records: list[dict] = []

@@ -14,16 +14,12 @@ import math
 import time
 from collections.abc import Sequence
 
-import torch
-
-from ..cointeract_core.model import CoInteractDiT
 from ..cointeract_core.pipeline import VideoOptions, generate
 from ..cointeract_core.sampler import SamplerConfig
 from .demo_data import HeldOut, ToyEncoders, toy_config
 from .demo_report import held_out_conditioning, score
-from .demo_train import toy_stages, train_stages, zero_far_motion
+from .demo_train import toy_model, toy_stages, train_stages
 from .sample import TrainSample
-from .synthetic import random_base_init
 
 __all__ = ["VARIANTS", "run_variant", "ablation_table"]
 
@@ -62,9 +58,7 @@ def run_variant(
     moe, hoi, attention = VARIANTS[name]
     cfg = toy_config(enc.codec.latent_channels)
     cfg = cfg if moe else dataclasses.replace(cfg, moe=None)
-    torch.manual_seed(args.seed)  # the official CoInteract-part init draws from the global generator
-    model = random_base_init(CoInteractDiT(cfg, "sdpa"), args.seed)
-    zero_far_motion(model)
+    model = toy_model(cfg, args.seed)
     stages = toy_stages(tuple(args.steps), lr=args.lr, hoi=hoi, stage2_attention=attention)
     results = train_stages(model, data[0], stages, budgets_s, loss=loss, seed=args.seed, held_out=data[1])
     frames, seconds = _inference(model, enc, held, args, full_attention=attention == "full")

@@ -15,8 +15,7 @@ from comfyui_cointeract.train import demo
 from comfyui_cointeract.train.cache import CachedDataset
 from comfyui_cointeract.train.config import LOSS_PRESETS
 from comfyui_cointeract.train.demo_data import toy_config
-from comfyui_cointeract.train.demo_train import toy_stages, train_stages, zero_far_motion
-from comfyui_cointeract.train.synthetic import random_base_init
+from comfyui_cointeract.train.demo_train import toy_model, toy_stages, train_stages
 
 TINY = ["--train-clips", "2", "--eval-clips", "1", "--steps", "2", "1", "--sample-steps", "2", "--minutes", "10"]
 
@@ -93,15 +92,27 @@ def test_ctrl_c_leaves_a_partial_report(tmp_path, monkeypatch):
 
 
 def _train(cache: Path, steps: tuple[int, int], seed: int = 0) -> tuple[CoInteractDiT, list]:
-    torch.manual_seed(seed)
-    model = random_base_init(CoInteractDiT(toy_config(), "sdpa"), seed)
-    zero_far_motion(model)
+    model = toy_model(toy_config(), seed)
     data = CachedDataset(cache / "train")
     results = train_stages(
         model, data, toy_stages(steps, lr=2e-3), (600, 600), loss=LOSS_PRESETS["paper"], seed=seed,
         held_out=CachedDataset(cache / "held_out"),
     )  # fmt: skip
     return model, results
+
+
+def test_untrained_toy_model_passes_its_input_through() -> None:
+    """The pass-through head: at t = 1000 the untrained toy DiT's velocity is x_t up to scale (Wan's zero head: 0)."""
+    torch.set_num_threads(1)
+    cfg, gen = toy_config(), torch.Generator().manual_seed(0)
+    x = torch.randn(1, cfg.in_dim, 5, 8, 8, generator=gen)
+    inputs = dict(context=torch.randn(1, 7, cfg.text_dim, generator=gen), person=torch.randn(1, cfg.in_dim, 1, 8, 8,
+                  generator=gen), audio=torch.randn(1, cfg.audio_layers, cfg.audio_dim, 20, generator=gen))  # fmt: skip
+    model = toy_model(cfg, 0).eval()
+    with torch.no_grad():
+        v = model(x, torch.tensor([1000.0]), **inputs).velocity
+    assert float(torch.corrcoef(torch.stack([v.flatten(), x.flatten()]))[0, 1]) > 0.9
+    assert torch.equal(model.frame_packer.proj_4x.weight, torch.zeros_like(model.frame_packer.proj_4x.weight))
 
 
 def test_training_is_deterministic_for_a_seed(demo_run):
