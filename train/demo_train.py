@@ -1,9 +1,8 @@
 """Toy training for `cointeract demo`: the trainer's batches, forward and losses, in a small loop with a time cap.
 
-The toy model is trained from scratch in full (no LoRA, no accelerate) from Wan2.2-S2V's training init (zero audio
-injection; the fixtures' all-random recipe reached a worse loss in the same steps) with a pass-through head (see
-`pass_through_head`): every parameter except FramePack's 2x / 4x motion projections, which stay zero (see
-`cointeract_core.toy.bundle`).
+The toy model is trained from scratch in full (no LoRA, no accelerate) from Wan2.2-S2V's training init (zero head
+and audio injection; the fixtures' all-random recipe reached a worse loss in the same steps): every parameter except
+FramePack's 2x / 4x motion projections, which stay zero (see `cointeract_core.toy.bundle`).
 Each stage is data (`StageConfig`); a stage ends at its step count or when its time budget is spent, whichever
 comes first. With the step count reached first the run is deterministic for a seed and thread count.
 """
@@ -33,7 +32,6 @@ from .sampling import sample_generator, seeded_generator
 from .stages import make_batch, stage_spans
 
 __all__ = [
-    "pass_through_head",
     "TOY_TRAINABLE",
     "FROZEN_ZERO",
     "StageResult",
@@ -74,28 +72,13 @@ def toy_stages(
 
 
 def toy_model(cfg: DiTConfig, seed: int) -> CoInteractDiT:
-    """A toy DiT to train from scratch: Wan2.2-S2V's training init (xavier, zero audio injection, the official
-    CoInteract-part init; every draw from `seed`) with a pass-through head; FramePack's far projections zeroed."""
+    """A toy DiT to train from scratch: Wan2.2-S2V's training init (xavier, zero head and audio injection, the
+    official CoInteract-part init; every draw from `seed`); FramePack's far projections zeroed."""
     torch.manual_seed(seed)  # the Wan and CoInteract-part inits draw from the global generator
     model = CoInteractDiT(cfg, "sdpa")
     init_wan_weights(model)
-    pass_through_head(model)
     zero_far_motion(model)
     return model
-
-
-@torch.no_grad()
-def pass_through_head(model: CoInteractDiT) -> None:
-    """Head weight := pseudo-inverse of the patch embedding, so the untrained DiT returns (a rescaled) x_t.
-
-    At sigma = 1 the velocity target is x_t - x0, so passing x_t through is most of what the model must learn at
-    high noise. Wan's zero head makes a 4-layer, 128-wide toy spend its CPU minutes learning that identity, and the
-    noise it has not learned to pass stays in the samples (blocky backgrounds). The head orders its outputs
-    (pt, ph, pw, C) with C fastest; the patch embedding's kernel is [dim, C, pt, ph, pw].
-    """
-    kernel = model.patch_embedding.weight.float()
-    flat = kernel.permute(0, 2, 3, 4, 1).reshape(kernel.shape[0], -1)  # [dim, pt·ph·pw·C]
-    model.head.head.weight.copy_(torch.linalg.pinv(flat).to(model.head.head.weight.dtype))
 
 
 @torch.no_grad()
