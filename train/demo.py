@@ -42,7 +42,7 @@ __all__ = ["main", "DEFAULT_MINUTES", "run_demo", "parse_args"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MINUTES = 9.0
+DEFAULT_MINUTES = 10.0
 MAX_MINUTES = 24 * 60
 
 
@@ -64,15 +64,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=1,
         help="torch CPU threads; results are deterministic per count (1: fastest on a busy machine)",
     )
-    p.add_argument("--train-clips", type=int, default=20, help="toy-world training clips (81 frames each)")
+    p.add_argument("--train-clips", type=int, default=60, help="toy-world training clips (81 frames each)")
     p.add_argument("--eval-clips", type=int, default=4, help="held-out clips for router recall and losses")
-    p.add_argument("--steps", type=int, nargs=2, default=(400, 150), metavar=("STAGE1", "STAGE2"),
+    p.add_argument("--steps", type=int, nargs=2, default=(1200, 400), metavar=("STAGE1", "STAGE2"),
                    help="optimizer steps per stage (a stage also stops when its time share is spent)")  # fmt: skip
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of both stages (AdamW)")
-    p.add_argument("--shift", type=float, default=5.0, help="timestep shift in training and sampling (official 5 / 7)")
+    p.add_argument("--shift", type=float, default=1.0,
+                   help="timestep shift in training and sampling (official 5 / 7 at 480p / 720p; the toy's 16 tokens "
+                   "per frame want 1, see README)")  # fmt: skip
     p.add_argument("--clips", type=int, default=2, help="80-frame clips to generate (>= 2 shows clip chaining)")
     p.add_argument("--sample-steps", type=int, default=20, help="sampler steps per clip")
-    p.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance (1 = one forward per step)")
+    p.add_argument(
+        "--cfg", type=float, default=3.0, help="classifier-free guidance vs the empty prompt and silent audio (1: off)"
+    )
     args = p.parse_args(argv)
     _validate(p, args)
     return args
@@ -109,7 +113,7 @@ def seed_everything(seed: int, threads: int) -> None:
 
 
 class Budget:
-    """Wall-clock deadlines: data and generation are fixed work; training gets the rest, split 2:1 by stage."""
+    """Wall-clock deadlines: data and generation are fixed work; training gets the rest, split by planned steps."""
 
     def __init__(self, minutes: float) -> None:
         self.start, self.total = time.monotonic(), minutes * 60.0
@@ -117,10 +121,11 @@ class Budget:
     def left(self) -> float:
         return self.total - (time.monotonic() - self.start)
 
-    def training(self, reserve_s: float) -> tuple[float, float]:
-        """(stage 1, stage 2) seconds from what is left after reserving `reserve_s` for generation."""
-        avail = max(1.0, self.left() - reserve_s)
-        return avail * 2 / 3, avail / 3
+    def training(self, reserve_s: float, steps: tuple[int, int]) -> tuple[float, float]:
+        """(stage 1, stage 2) seconds from what is left after reserving `reserve_s` for generation, in the ratio of
+        the stages' planned steps."""
+        avail, share = max(1.0, self.left() - reserve_s), steps[0] / (steps[0] + steps[1])
+        return avail * share, avail * (1 - share)
 
 
 def toy_loss(shift: float) -> LossConfig:
@@ -157,7 +162,7 @@ def run_demo(args: argparse.Namespace, report: dict) -> dict:
     metrics.truncate(0)
     records: list[dict] = []
     stages = toy_stages(tuple(args.steps), lr=args.lr)
-    budgets = budget.training(reserve_s=0.15 * args.minutes * 60)
+    budgets = budget.training(reserve_s=0.08 * args.minutes * 60, steps=tuple(args.steps))
     results = train_stages(
         model, train_set, stages, budgets, loss=toy_loss(args.shift), seed=args.seed,
         held_out=eval_set, on_step=lambda r: (records.append(r), metrics.write(r)),
