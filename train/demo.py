@@ -162,7 +162,7 @@ def run_demo(args: argparse.Namespace, report: dict) -> dict:
     metrics.truncate(0)
     records: list[dict] = []
     stages = toy_stages(tuple(args.steps), lr=args.lr)
-    budgets = budget.training(reserve_s=0.08 * args.minutes * 60, steps=tuple(args.steps))
+    budgets = budget.training(reserve_s=0.05 * args.minutes * 60, steps=tuple(args.steps))
     results = train_stages(
         model, train_set, stages, budgets, loss=toy_loss(args.shift), seed=args.seed,
         held_out=eval_set, on_step=lambda r: (records.append(r), metrics.write(r)),
