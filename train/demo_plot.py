@@ -30,8 +30,16 @@ def smooth(values: Sequence[float | None], alpha: float = 0.1) -> list[float | N
     return out
 
 
-def _panel(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], series: dict, title: str, log_y: bool) -> None:
-    """Plot {name: [(x, y), ...]} inside box (x0, y0, x1, y1) with axes, a title and a legend."""
+def _panel(
+    draw: ImageDraw.ImageDraw,
+    box: tuple[int, int, int, int],
+    series: dict,
+    title: str,
+    log_y: bool,
+    legend_y: float = 0.0,
+) -> None:
+    """Plot {name: [(x, y), ...]} inside box (x0, y0, x1, y1) with axes, a title and a legend on a white patch
+    at `legend_y` (0 top .. 1 bottom of the box; put it where the curves are not)."""
     x0, y0, x1, y1 = box
     draw.rectangle(box, outline=(0, 0, 0))
     draw.text((x0 + 4, y0 - 14), title, fill=(0, 0, 0))
@@ -52,7 +60,7 @@ def _panel(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], series: di
         label = f"{10**value:.3g}" if log_y else f"{value:.2f}"
         draw.text((x0 - 38, y1 - (y1 - y0) * frac - 6), label, fill=(60, 60, 60))
     draw.text((x1 - 30, y1 + 4), f"{int(xmax)}", fill=(60, 60, 60))
-    for i, (name, pts) in enumerate(series.items()):
+    for name, pts in series.items():
         colour = _COLOURS.get(name, (0, 0, 0))
         pix = [to_px(x, y) for x, y in pts if y is not None and (y > 0 or not log_y)]
         if name.startswith("router_prior"):
@@ -60,7 +68,12 @@ def _panel(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], series: di
                 draw.point(px, fill=colour)
         elif len(pix) > 1:
             draw.line(pix, fill=colour, width=2)
-        draw.text((x0 + 6, y0 + 4 + 12 * i), name, fill=colour)
+    top = y0 + 4 + (y1 - y0 - 8 - 12 * len(series)) * legend_y
+    draw.rectangle(
+        (x1 - 150, top - 2, x1 - 4, top + 12 * len(series) + 2), fill=(255, 255, 255), outline=(200, 200, 200)
+    )
+    for i, name in enumerate(series):
+        draw.text((x1 - 146, top + 12 * i), name, fill=_COLOURS.get(name, (0, 0, 0)))
 
 
 def draw_curves(
@@ -76,9 +89,10 @@ def draw_curves(
         return {k: list(zip(steps, smooth([r.get(k) for r in records], alpha))) for k in keys}
 
     left, right = (50, 30, w // 2 - 10, h - 30), (w // 2 + 50, 30, w - 10, h - 30)
-    _panel(draw, left, series(("flow", "hoi"), 0.1), "training loss (EMA, log scale)", log_y=True)
+    _panel(draw, left, series(("flow", "hoi"), 0.1), "training loss (EMA, log scale)", log_y=True, legend_y=0.0)
     keys = ("router_recall_hand", "router_recall_face", "router_prior_hand", "router_prior_face")
-    _panel(draw, right, series(keys, 0.1), "router recall on training tokens (dots: class prior)", log_y=False)
+    title = "router recall on training tokens (dots: class prior)"
+    _panel(draw, right, series(keys, 0.1), title, log_y=False, legend_y=0.55)
     xmax = max(steps) if steps else 1
     for s in stage_starts:
         for x0, y0, x1, y1 in (left, right):
