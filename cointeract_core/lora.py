@@ -137,6 +137,8 @@ def merge_lora(
     """
     is_model = isinstance(target, nn.Module)
     weights = dict(target.named_parameters()) if is_model else target
+    if is_model:
+        _refuse_fp8_targets(target, _shapes(lora_sd))
     pairs = match_lora(_shapes(lora_sd), {k: tuple(v.shape) for k, v in weights.items()})
     for key, (a_key, b_key) in pairs.items():
         w = weights[key] if is_model else weights[key].clone()
@@ -144,6 +146,18 @@ def merge_lora(
         if not is_model:
             target[key] = w
     return sorted(pairs)
+
+
+def _refuse_fp8_targets(model: nn.Module, lora_shapes: Mapping[str, Sequence[int]]) -> None:
+    """A LoRA whose targets hold fp8 weights (FP8Linear buffers) cannot be merged: say so and what to do instead."""
+    fp8 = {k: tuple(v.shape) for k, v in model.named_buffers() if v.dtype.is_floating_point and v.element_size() == 1}
+    hits = [m for m in lora_pairs(list(lora_shapes)) if _target(m, fp8) is not None]
+    if hits:
+        raise ValueError(
+            f"{len(hits)} LoRA targets (e.g. {hits[0]}) store their weights in fp8; merging a LoRA there would lose it "
+            "to fp8 rounding. Merge before quantising: load with fp8.load_dit_fp8(base, checkpoint, lora_strength) "
+            "(it merges in bf16, then quantises), or in ComfyUI apply it with CoInteract LoRA (patched on the fly)"
+        )
 
 
 def unmerge_lora(

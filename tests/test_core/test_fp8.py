@@ -114,6 +114,19 @@ def comfy_fp8_scaled_file(model: nn.Module, path, scale_input: bool = False) -> 
     return sd
 
 
+def test_merging_a_lora_into_fp8_weights_says_how_to_do_it(ci_model):
+    model = copy.deepcopy(ci_model)
+    fp8.quantize_model_fp8(model)
+    lora_sd = {
+        "blocks.0.self_attn.q.lora_A.default.weight": torch.ones(2, ci_model.cfg.dim),
+        "blocks.0.self_attn.q.lora_B.default.weight": torch.ones(ci_model.cfg.dim, 2),
+    }
+    before = model.blocks[0].self_attn.q.weight.clone()
+    with pytest.raises(ValueError, match="store their weights in fp8.*load_dit_fp8"):
+        lora.merge_lora(model, lora_sd)
+    assert torch.equal(model.blocks[0].self_attn.q.weight.view(torch.uint8), before.view(torch.uint8))  # untouched
+
+
 @pytest.mark.parametrize("preset", ["tiny", "tiny_cointeract"])
 def test_load_comfyui_fp8_scaled(preset, tmp_path, randomize, make_inputs):
     cfg = PRESETS[preset]
