@@ -35,6 +35,7 @@ class BlockContext:
     hoi_text: torch.Tensor | None  # [B, text_len, D]
     experts_on: torch.Tensor  # [B] bool
     run_router: bool
+    any_experts: bool = True  # experts_on.any(), read once per forward on the host
     backend: str = "sdpa"
 
 
@@ -96,7 +97,7 @@ class DiTBlock(nn.Module):
         n_main = ctx.layout.n_main
         main, hoi = (y[:, :n_main], y[:, n_main:]) if ctx.layout.hoi else (y, None)
         if isinstance(self.ffn, MoEFFN):
-            out, logits = self.ffn(main, ctx.layout.n_target, ctx.experts_on, ctx.run_router)
+            out, logits = self.ffn(main, ctx.layout.n_target, ctx.experts_on, ctx.run_router, ctx.any_experts)
             base = self.ffn.ffn_base
         else:
             out, logits, base = self.ffn(cast_to(main, self.ffn)), None, self.ffn

@@ -118,6 +118,7 @@ class CoInteractDiT(nn.Module):
             hoi_text=self._text(hoi_context) if hoi is not None else None,
             experts_on=experts_on,
             run_router=return_router or self.training,
+            any_experts=bool(experts_on.any()),  # one host sync per forward, not one per block
             backend=self.attention_backend,
         )
         audio_tokens, audio_global = self.encode_audio(audio, layout.frames)

@@ -56,14 +56,21 @@ class MoEFFN(nn.Module):
         return getattr(self, f"{name}_expert")
 
     def forward(
-        self, x: torch.Tensor, n_target: int, experts_on: torch.Tensor, run_router: bool
+        self,
+        x: torch.Tensor,
+        n_target: int,
+        experts_on: torch.Tensor,
+        run_router: bool,
+        any_on: bool | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x [B, S, D]; experts_on [B] bool -> (out [B, S, D], router logits [B, n_target, 3] or None).
 
         Experts run only when some sample has them on; the router runs then or when `run_router` is set.
+        `any_on` is `experts_on.any()` computed once by the caller (the model does it once per forward, so no block
+        syncs with the device or breaks a compiled graph on it); None computes it here.
         """
         out = self.ffn_base(cast_to(x, self.ffn_base))
-        compute_experts = bool(experts_on.any())
+        compute_experts = bool(experts_on.any()) if any_on is None else any_on
         if not (compute_experts or run_router):
             return out, None
         xt = cast_to(x[:, :n_target], self.router)

@@ -82,6 +82,18 @@ def test_mixed_batch_gates_experts_per_sample(ci_model, ci_cfg, make_inputs):
         assert torch.allclose(out[i : i + 1], single, atol=1e-5)
 
 
+def test_moe_ffn_traces_without_a_graph_break_when_told_whether_experts_run(ci_model, ci_cfg):
+    """The model reads experts_on.any() once per forward; given it, the MoE FFN compiles as one graph."""
+    ffn, gen = ci_model.blocks[0].ffn, torch.Generator().manual_seed(0)
+    x, on = torch.randn(1, 10, ci_cfg.dim, generator=gen), torch.tensor([True])
+    with torch.no_grad():
+        eager = ffn(x, 6, on, False)
+        compiled = torch.compile(ffn, backend="eager", fullgraph=True)(x, 6, on, False, True)
+    torch.testing.assert_close(compiled[0], eager[0])
+    torch.testing.assert_close(compiled[1], eager[1])
+    torch._dynamo.reset()
+
+
 def test_fresh_cointeract_parts_leave_base_output_unchanged(ci_cfg, make_inputs, randomize):
     base_cfg = dataclasses.replace(ci_cfg, moe=None, hoi=None)
     base = randomize(CoInteractDiT(base_cfg)).eval()
