@@ -42,9 +42,8 @@ class ToyEncoders:
     audio: ToyAudioFeatures
 
 
-TOY_CHANNELS = PRESETS[
-    "toy"
-].in_dim  # PCA channels of the demo's codec: 16 x 2x2 = 64 numbers per token for a 128-wide DiT
+# PCA channels of the demo's codec: 16 x 2x2 = 64 numbers per token for a 128-wide DiT
+TOY_CHANNELS = PRESETS["toy"].in_dim
 
 
 DEMO_PRODUCT_SIZE = 1.5  # products 12-27 px (default 8-18): several of the toy's 16-px tokens

@@ -36,7 +36,6 @@ __all__ = ["BUNDLE_VERSION", "BundleError", "save_bundle", "load_bundle", "is_bu
 log = logging.getLogger(__name__)
 
 BUNDLE_VERSION = 1
-_KEY = BUNDLE_KEY
 
 
 class BundleError(ValueError):
@@ -75,7 +74,7 @@ def save_bundle(
         tensors.update({_CODEC + n: getattr(codec, n).float() for n in ("basis", "mean", "scale")})
     meta = {
         "format": "pt",
-        _KEY: str(BUNDLE_VERSION),
+        BUNDLE_KEY: str(BUNDLE_VERSION),
         "cointeract_config": config_to_json(model.cfg),
         "cointeract_bundle_zeros": json.dumps(zeros, sort_keys=True),
         "toy_codec": json.dumps(codec_meta),
@@ -125,7 +124,7 @@ def _metadata(path: Path) -> dict[str, str]:
 def is_bundle(path: str | os.PathLike) -> bool:
     """True when `path` is a safetensors file whose metadata marks it as a toy bundle (reads the header only)."""
     try:
-        return _KEY in _metadata(Path(path))
+        return BUNDLE_KEY in _metadata(Path(path))
     except BundleError:
         return False
 
@@ -134,16 +133,16 @@ def bundle_info(path: str | os.PathLike) -> dict[str, str]:
     """The bundle's metadata, checked: BundleError for a foreign file or a newer version."""
     path = Path(path)
     meta = _metadata(path)
-    if _KEY not in meta:
+    if BUNDLE_KEY not in meta:
         what = "a DiT checkpoint" if "cointeract_config" in meta else "some other safetensors file"
         raise BundleError(
-            f"{path} is {what}, not a toy bundle (no '{_KEY}' metadata). Load DiT checkpoints with the "
+            f"{path} is {what}, not a toy bundle (no '{BUNDLE_KEY}' metadata). Load DiT checkpoints with the "
             "regular loader (--dit / CoInteractModelLoader); toy bundles are written by `cointeract demo`"
         )
     try:
-        version = int(meta[_KEY])
+        version = int(meta[BUNDLE_KEY])
     except ValueError as err:
-        raise BundleError(f"{path}: bundle version {meta[_KEY]!r} is not a number; the file is damaged") from err
+        raise BundleError(f"{path}: bundle version {meta[BUNDLE_KEY]!r} is not a number; the file is damaged") from err
     if version > BUNDLE_VERSION:
         raise BundleError(
             f"{path} is a version-{version} toy bundle; this package reads up to version {BUNDLE_VERSION}. "

@@ -115,7 +115,6 @@ def test_shapes_and_contents(dataset, tmp_path):
     assert nomotion.motion is None and torch.equal(nomotion.target_with_motion, nomotion.target_alone)
     assert noproduct.product is None and noproduct.pose is None and noproduct.hoi is None
     assert noproduct.hoi_prompt is None and noproduct.motion is not None
-
     # The VAE saw: two joint 153-frame passes (rows with motion), three 81-frame person-first passes, pose and HOI.
     assert sorted(vae.calls).count(153) == 2 and 73 not in vae.calls
     assert sorted(vae.calls).count(81) == 3 + 2 and vae.calls.count(1) == 3 + 2
