@@ -25,7 +25,7 @@ EXIT_MISSING_DEPENDENCY = 3
 
 @dataclass(frozen=True)
 class Command:
-    module: str  # relative to this package, e.g. "cointeract_core.inspect"
+    module: str  # relative to this package, e.g. "cointeract_core.weights.inspect"
     function: str  # called with the remaining argv
     help: str
     extra: str | None  # the pip extra that provides its optional dependencies
@@ -33,12 +33,18 @@ class Command:
 
 
 COMMANDS: dict[str, Command] = {
-    "generate": Command("cointeract_core.generate", "main", "person + product + prompt + speech -> video", "cli", 4),
-    "batch": Command("cointeract_core.generate", "batch_main", "run `generate` for each row of a CSV", "cli", 4),
-    "inspect": Command("cointeract_core.inspect", "main", "what a checkpoint file is and what it holds", None, 3),
+    "generate": Command(
+        "cointeract_core.pipeline.generate", "main", "person + product + prompt + speech -> video", "cli", 4
+    ),
+    "batch": Command(
+        "cointeract_core.pipeline.generate", "batch_main", "run `generate` for each row of a CSV", "cli", 4
+    ),
+    "inspect": Command(
+        "cointeract_core.weights.inspect", "main", "what a checkpoint file is and what it holds", None, 3
+    ),
     "train": Command("train.__main__", "main", "two-stage CoInteract training from a TOML config", "train", 6),
     "prepare": Command("train.prepare", "main", "build a training dataset from source videos", "train", 6),
-    "demo": Command("train.demo", "main", "the toy world end to end on a CPU in minutes", "train", 8),
+    "demo": Command("train.demo.run", "main", "the toy world end to end on a CPU in minutes", "train", 8),
 }
 
 

@@ -37,8 +37,8 @@ def import_pack():
 
 
 import_pack()
-from comfyui_cointeract.cointeract_core.config import PRESETS, DiTConfig, HOIConfig, MoEConfig  # noqa: E402
-from comfyui_cointeract.cointeract_core.layout import SequenceLayout  # noqa: E402
+from comfyui_cointeract.cointeract_core.model.config import PRESETS, DiTConfig, HOIConfig, MoEConfig  # noqa: E402
+from comfyui_cointeract.cointeract_core.model.layout import SequenceLayout  # noqa: E402
 
 # 480p x 81 frames (832 x 480 px, 20 target latent frames): tokens per segment in the official layout.
 LAYOUT_480P = SequenceLayout(frames=20, latent_hw=(104, 60), product=True, motion=True)
@@ -268,8 +268,8 @@ def build_synthetic(cfg: DiTConfig, device, swapped=(), weights: str = "bf16", s
     Linear layers of fp8.QUANTIZED_MODULES as FP8Linear."""
     from torch import nn
 
-    from comfyui_cointeract.cointeract_core.fp8 import FP8Linear, quantize_model_fp8, quantize_tensor
-    from comfyui_cointeract.cointeract_core.model import CoInteractDiT
+    from comfyui_cointeract.cointeract_core.model.dit import CoInteractDiT
+    from comfyui_cointeract.cointeract_core.weights.fp8 import FP8Linear, quantize_model_fp8, quantize_tensor
 
     with torch.device("meta"):
         model = CoInteractDiT(cfg).to(torch.bfloat16)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from comfyui_cointeract.cointeract_core.attention import BACKENDS, attention, resolve_backend
+from comfyui_cointeract.cointeract_core.model.attention import BACKENDS, attention, resolve_backend
 
 
 def main() -> None:

@@ -18,8 +18,8 @@ import _common as C
 import torch
 import torch.nn.functional as F
 
-from comfyui_cointeract.cointeract_core.attention import attention
-from comfyui_cointeract.cointeract_core.visibility import attention_groups, dense_mask
+from comfyui_cointeract.cointeract_core.model.attention import attention
+from comfyui_cointeract.cointeract_core.model.visibility import attention_groups, dense_mask
 
 
 def grouped(q, k, v, groups):

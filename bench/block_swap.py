@@ -17,8 +17,8 @@ import gc
 import _common as C
 import torch
 
-from comfyui_cointeract.cointeract_core.config import PRESETS
-from comfyui_cointeract.cointeract_core.offload import install_block_swap, swapped_indices
+from comfyui_cointeract.cointeract_core.model.config import PRESETS
+from comfyui_cointeract.cointeract_core.runtime.offload import install_block_swap, swapped_indices
 
 
 def pinned_bandwidth(nbytes: int, device) -> float:
@@ -112,7 +112,7 @@ def main() -> None:
 
 def run_block_bytes(cfg, weights: str) -> int:
     """Bytes of one block's weights (measured on a meta model)."""
-    from comfyui_cointeract.cointeract_core.memory_plan import weight_bytes
+    from comfyui_cointeract.cointeract_core.runtime.memory_plan import weight_bytes
 
     return weight_bytes(cfg, weights).block
 

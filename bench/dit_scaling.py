@@ -17,8 +17,8 @@ import argparse
 import _common as C
 import torch
 
-from comfyui_cointeract.cointeract_core import memory_plan
-from comfyui_cointeract.cointeract_core.model import CoInteractDiT
+from comfyui_cointeract.cointeract_core.model.dit import CoInteractDiT
+from comfyui_cointeract.cointeract_core.runtime import memory_plan
 
 
 def measure(model, cfg, layout, device, dtype, repeats: int) -> dict:

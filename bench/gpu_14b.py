@@ -26,10 +26,10 @@ from pathlib import Path
 import _common as C
 import torch
 
-from comfyui_cointeract.cointeract_core import memory_plan
-from comfyui_cointeract.cointeract_core.compile import compile_blocks
-from comfyui_cointeract.cointeract_core.config import PRESETS
-from comfyui_cointeract.cointeract_core.offload import install_block_swap, swapped_indices
+from comfyui_cointeract.cointeract_core.model.config import PRESETS
+from comfyui_cointeract.cointeract_core.runtime import memory_plan
+from comfyui_cointeract.cointeract_core.runtime.compile import compile_blocks
+from comfyui_cointeract.cointeract_core.runtime.offload import install_block_swap, swapped_indices
 
 RESOLUTIONS = {"480p": (832, 480), "720p": (1280, 720), "smoke": (64, 64)}
 HEADERS = [

@@ -17,8 +17,8 @@ import re
 import _common as C
 import torch
 
-from comfyui_cointeract.cointeract_core import lora
-from comfyui_cointeract.cointeract_core.model import CoInteractDiT
+from comfyui_cointeract.cointeract_core.model.dit import CoInteractDiT
+from comfyui_cointeract.cointeract_core.weights import lora
 
 TARGETS = re.compile(r"(\.[qkvo]|\.ffn\.ffn_base\.[02])\.weight$")
 

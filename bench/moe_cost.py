@@ -17,9 +17,9 @@ import dataclasses
 import _common as C
 import torch
 
-from comfyui_cointeract.cointeract_core.model import CoInteractDiT
-from comfyui_cointeract.cointeract_core.moe import MoEFFN
-from comfyui_cointeract.cointeract_core.sampler import model_timesteps, sigma_schedule
+from comfyui_cointeract.cointeract_core.model.dit import CoInteractDiT
+from comfyui_cointeract.cointeract_core.model.moe import MoEFFN
+from comfyui_cointeract.cointeract_core.sampling.sampler import model_timesteps, sigma_schedule
 
 
 def build(cfg, device, dtype) -> tuple[CoInteractDiT, CoInteractDiT]:

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from ..cointeract_core.conditioning import NEGATIVE_PROMPT, clip_count, resample_features
+from ..cointeract_core.pipeline.conditioning import NEGATIVE_PROMPT, clip_count, resample_features
 from . import services
 from .adapters import AUDIO_FRAME_RATE, ComfyTextEncoder, ComfyVAE, audio_hidden_states
 from .types import COINTERACT_AUDIO, COINTERACT_PROMPTS, COINTERACT_REFS, AudioFeatures, Prompts, References
@@ -92,7 +92,7 @@ class CoInteractReferences:
         product: torch.Tensor | None = None,
     ) -> tuple[References]:  # fmt: skip
         services.optional_import("PIL", feature="CoInteract References")
-        from ..cointeract_core.preprocess import fit_product, resize_person, to_model_range
+        from ..cointeract_core.media.preprocess import fit_product, resize_person, to_model_range
 
         cvae = ComfyVAE(vae)
         _check_size(height, width, cvae)
@@ -137,7 +137,7 @@ class CoInteractPrompts:
         }  # fmt: skip
 
     def encode(self, clip: Any, prompt: str, negative_prompt: str, timeline: str = "") -> tuple[Prompts]:
-        from ..cointeract_core.build import InputOptions, encode_prompts
+        from ..cointeract_core.pipeline.build import InputOptions, encode_prompts
 
         prompts = [prompt.strip()] + [line.strip() for line in (timeline or "").splitlines() if line.strip()]
         if not prompts[0]:
@@ -184,7 +184,7 @@ class CoInteractAudio:
                 f"{waveform.shape[-1] / rate:.2f} s: connect the same AUDIO to AudioEncoderEncode and CoInteract Audio"
             )
         services.optional_import("av", feature="CoInteract Audio")
-        from ..cointeract_core.media_audio import is_silent
+        from ..cointeract_core.media.audio import is_silent
 
         if is_silent(waveform.mean(dim=0)):
             if not allow_silence:

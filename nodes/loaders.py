@@ -7,10 +7,10 @@ from typing import Any
 
 import torch
 
-from ..cointeract_core.attention import resolve_backend
-from ..cointeract_core.checkpoint import load_dit, read_state_dict
-from ..cointeract_core.finetune import finetune_updates
+from ..cointeract_core.model.attention import resolve_backend
 from ..cointeract_core.toy.bundle import is_bundle, load_bundle
+from ..cointeract_core.weights.checkpoint import load_dit, read_state_dict
+from ..cointeract_core.weights.finetune import finetune_updates
 from . import services
 from .types import COINTERACT_MODEL
 

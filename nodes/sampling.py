@@ -8,11 +8,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..cointeract_core.checks import check_conditioning
-from ..cointeract_core.conditioning import Conditioning, clip_count
-from ..cointeract_core.heatmaps import overlay_heatmaps
-from ..cointeract_core.pipeline import GenerationResult, VideoOptions, generate
-from ..cointeract_core.sampler import SamplerConfig
+from ..cointeract_core.pipeline.checks import check_conditioning
+from ..cointeract_core.pipeline.clips import GenerationResult, VideoOptions, generate
+from ..cointeract_core.pipeline.conditioning import Conditioning, clip_count
+from ..cointeract_core.pipeline.heatmaps import overlay_heatmaps
+from ..cointeract_core.sampling.sampler import SamplerConfig
 from . import services
 from .adapters import ComfyVAE
 from .types import (

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ..cointeract_core.attention import resolve_backend
+from ..cointeract_core.model.attention import resolve_backend
 from ..cointeract_core.toy import ToyAudioFeatures, ToyCodec, ToyTextEncoder
 from ..cointeract_core.toy.bundle import is_bundle, load_bundle
 from . import services
@@ -77,7 +77,7 @@ class ToyAudioEncoder:
         """AUDIO waveform [1, C, T] at any rate -> AUDIO_ENCODER_OUTPUT (every 'layer', 50 frames per second)."""
         import soxr
 
-        from ..cointeract_core.loudness import loudness_normalize
+        from ..cointeract_core.media.loudness import loudness_normalize
 
         mono = waveform[0].float().mean(dim=0).cpu().numpy()
         rate = self.features.sample_rate

@@ -61,6 +61,6 @@ def generator():
 @pytest.fixture
 def tiny_cfg():
     """The `tiny` DiT preset: the config of shared/fixtures/wan_s2v_tiny.safetensors."""
-    from comfyui_cointeract.cointeract_core.config import PRESETS
+    from comfyui_cointeract.cointeract_core.model.config import PRESETS
 
     return PRESETS["tiny"]

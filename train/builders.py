@@ -12,11 +12,11 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..cointeract_core import lora as core_lora
-from ..cointeract_core.checkpoint import detect_family, is_cointeract_key, open_checkpoint, to_model_key
-from ..cointeract_core.config import PRESETS, DiTConfig, from_state_dict
-from ..cointeract_core.init import init_cointeract_parts
-from ..cointeract_core.model import CoInteractDiT
+from ..cointeract_core.model.config import PRESETS, DiTConfig, from_state_dict
+from ..cointeract_core.model.dit import CoInteractDiT
+from ..cointeract_core.model.init import init_cointeract_parts
+from ..cointeract_core.weights import lora as core_lora
+from ..cointeract_core.weights.checkpoint import detect_family, is_cointeract_key, open_checkpoint, to_model_key
 from .config import DataConfig, LoRAConfig, ModelConfig
 from .lora_peft import load_lora_into_adapter
 from .sample import TrainSample

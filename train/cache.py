@@ -24,10 +24,10 @@ from typing import Any
 
 import torch
 
-from ..cointeract_core.conditioning import HOI_PREFIX, resample_features
-from ..cointeract_core.fileio import atomic_output
-from ..cointeract_core.protocols import AudioEncoder, TextEncoder, VideoVAE
-from ..cointeract_core.safetensors_io import write_safetensors
+from ..cointeract_core.media.fileio import atomic_output
+from ..cointeract_core.pipeline.conditioning import HOI_PREFIX, resample_features
+from ..cointeract_core.pipeline.protocols import AudioEncoder, TextEncoder, VideoVAE
+from ..cointeract_core.weights.safetensors_io import write_safetensors
 from .data import RawClip, RawClipDataset
 from .sample import TrainSample
 

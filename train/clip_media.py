@@ -83,8 +83,8 @@ def _uint8(image: torch.Tensor) -> torch.Tensor:
 
 def load_frames(path: str | os.PathLike, count: int, size: tuple[int, int]) -> torch.Tensor:
     """The first `count` frames, cover-cropped to size (H, W) -> uint8 [count, H, W, 3]; ValueError if shorter."""
-    from ..cointeract_core.media_video import load_video
-    from ..cointeract_core.preprocess import cover_crop
+    from ..cointeract_core.media.preprocess import cover_crop
+    from ..cointeract_core.media.video import load_video
 
     frames, _ = load_video(path, fps=None, max_frames=count)  # rows are validated to be 25 fps
     if frames.shape[0] < count:
@@ -96,24 +96,24 @@ def load_frames(path: str | os.PathLike, count: int, size: tuple[int, int]) -> t
 
 def load_person(path: str | os.PathLike, size: tuple[int, int]) -> torch.Tensor:
     """Person image, cover-resized and center-cropped (training) -> uint8 [H, W, 3]."""
-    from ..cointeract_core.media_image import load_image
-    from ..cointeract_core.preprocess import resize_person
+    from ..cointeract_core.media.image import load_image
+    from ..cointeract_core.media.preprocess import resize_person
 
     return _uint8(resize_person(load_image(path), *size, mode="cover"))
 
 
 def load_product(path: str | os.PathLike, size: tuple[int, int], margin: float = 1.0) -> torch.Tensor:
     """Product image, resized to fit and padded with black (training margin 1.0) -> uint8 [H, W, 3]."""
-    from ..cointeract_core.media_image import load_image
-    from ..cointeract_core.preprocess import fit_product
+    from ..cointeract_core.media.image import load_image
+    from ..cointeract_core.media.preprocess import fit_product
 
     return _uint8(fit_product(load_image(path), *size, margin))
 
 
 def load_audio_mono(path: str | os.PathLike, sample_rate: int = 16000, lufs: float | None = -23.0) -> torch.Tensor:
     """Mono float32 waveform [T] at `sample_rate`, normalised to `lufs` (None: as decoded)."""
-    from ..cointeract_core.loudness import loudness_normalize
-    from ..cointeract_core.media_audio import load_audio
+    from ..cointeract_core.media.audio import load_audio
+    from ..cointeract_core.media.loudness import loudness_normalize
 
     clip = load_audio(path, sample_rate=sample_rate)
     wave = clip.waveform

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..cointeract_core.checkpoint import save_cointeract_checkpoint
-from ..cointeract_core.config import DiTConfig, config_to_json
+from ..cointeract_core.model.config import DiTConfig, config_to_json
+from ..cointeract_core.weights.checkpoint import save_cointeract_checkpoint
 from .config import LoRAConfig
 from .lora_peft import ADAPTER, base_param_name, lora_scaling
 

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..cointeract_core.model import DiTOutput
+from ..cointeract_core.model.dit import DiTOutput
 from .builders import DTYPES, build_dataset, build_model, load_start_checkpoint
 from .checkpoints import (
     RunState,

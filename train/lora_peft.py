@@ -16,7 +16,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from ..cointeract_core import lora as core_lora
+from ..cointeract_core.weights import lora as core_lora
 from .config import LoRAConfig
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..cointeract_core.moe import ROUTER_CLASSES
+from ..cointeract_core.model.moe import ROUTER_CLASSES
 from .config import LossConfig
 
 __all__ = [

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..cointeract_core.fileio import atomic_output
+from ..cointeract_core.media.fileio import atomic_output
 from .clip_media import iter_frames, probe_video
 from .data import COLUMNS, ClipSpec, DatasetReport, validate_csv
 

@@ -13,8 +13,8 @@ import dataclasses
 import torch
 from torch import nn
 
-from ..cointeract_core.config import DiTConfig
-from ..cointeract_core.init import init_cointeract_parts, init_random
+from ..cointeract_core.model.config import DiTConfig
+from ..cointeract_core.model.init import init_cointeract_parts, init_random
 from .config import (
     DataConfig,
     LoRAConfig,

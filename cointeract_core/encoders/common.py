@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..safetensors_io import PREFIXES, LazyStateDict, PathLike, open_checkpoint
+from ..weights.safetensors_io import PREFIXES, LazyStateDict, PathLike, open_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ def describe_weights(sd: Mapping[str, torch.Tensor]) -> str:
     for marker, label in _KINDS:
         if marker in sd:
             return label
-    from ..checkpoint import describe_family
+    from ..weights.checkpoint import describe_family
 
     family, label = describe_family(shapes_of(sd))
     if family == "cointeract":

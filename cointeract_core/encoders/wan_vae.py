@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from ..safetensors_io import PathLike
+from ..weights.safetensors_io import PathLike
 from .common import KeyView, assign_weights, describe_weights, read_weights, shapes_of, strip_prefix
 
 log = logging.getLogger(__name__)

@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
-from ..conditioning import resample_features
-from ..safetensors_io import PathLike
+from ..pipeline.conditioning import resample_features
+from ..weights.safetensors_io import PathLike
 from .common import KeyView, assign_weights, describe_weights, read_weights, shapes_of
 
 log = logging.getLogger(__name__)

@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..checkpoint import BUNDLE_KEY
-from ..config import DiTConfig, config_from_json, config_to_json
-from ..model import CoInteractDiT
-from ..safetensors_io import open_checkpoint, write_safetensors
+from ..model.config import DiTConfig, config_from_json, config_to_json
+from ..model.dit import CoInteractDiT
+from ..weights.checkpoint import BUNDLE_KEY
+from ..weights.safetensors_io import open_checkpoint, write_safetensors
 from .audio import ToyAudioFeatures
 from .codec import ToyCodec
 from .pca_codec import PCAToyCodec

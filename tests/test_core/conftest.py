@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from comfyui_cointeract.cointeract_core.config import PRESETS, DiTConfig
-from comfyui_cointeract.cointeract_core.init import init_random
-from comfyui_cointeract.cointeract_core.model import CoInteractDiT
+from comfyui_cointeract.cointeract_core.model.config import PRESETS, DiTConfig
+from comfyui_cointeract.cointeract_core.model.dit import CoInteractDiT
+from comfyui_cointeract.cointeract_core.model.init import init_random
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from comfyui_cointeract.cointeract_core.build import InputOptions, build_conditioning, frame_size, pose_latents
-from comfyui_cointeract.cointeract_core.conditioning import HOI_PREFIX
+from comfyui_cointeract.cointeract_core.pipeline.build import InputOptions, build_conditioning, frame_size, pose_latents
+from comfyui_cointeract.cointeract_core.pipeline.conditioning import HOI_PREFIX
 from comfyui_cointeract.cointeract_core.toy.audio import ToyAudioFeatures
 from comfyui_cointeract.cointeract_core.toy.codec import ToyCodec
 from comfyui_cointeract.cointeract_core.toy.text import ToyTextEncoder

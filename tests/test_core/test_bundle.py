@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from comfyui_cointeract.cointeract_core.checkpoint import save_dit
-from comfyui_cointeract.cointeract_core.config import PRESETS, MoEConfig
-from comfyui_cointeract.cointeract_core.model import CoInteractDiT
+from comfyui_cointeract.cointeract_core.model.config import PRESETS, MoEConfig
+from comfyui_cointeract.cointeract_core.model.dit import CoInteractDiT
 from comfyui_cointeract.cointeract_core.toy import ToyAudioFeatures, ToyCodec, ToyTextEncoder
 from comfyui_cointeract.cointeract_core.toy.bundle import BundleError, bundle_info, is_bundle, load_bundle, save_bundle
+from comfyui_cointeract.cointeract_core.weights.checkpoint import save_dit
 
 SMALL = dataclasses.replace(  # over the lossless ToyCodec(8): 768 channels (the preset takes the 16-channel PCA)
     PRESETS["toy"], dim=32, ffn_dim=32, num_heads=2, num_layers=2, audio_inject_layers=(0, 1), moe=MoEConfig(8),
@@ -67,7 +67,7 @@ def test_plain_dit_file_is_not_a_bundle(small_model, tmp_path):
 
 
 def test_dit_loader_refuses_a_bundle_and_says_how_to_load_it(bundle_path, tmp_path):
-    from comfyui_cointeract.cointeract_core.checkpoint import load_dit
+    from comfyui_cointeract.cointeract_core.weights.checkpoint import load_dit
 
     with pytest.raises(ValueError, match="is a toy bundle .* Load it alone: `cointeract generate --bundle FILE`"):
         load_dit(bundle_path)
@@ -103,10 +103,10 @@ def test_encoders_must_fit_the_model(small_model, tmp_path):
 
 
 def test_shipped_bundle_loads_and_generates():
-    from comfyui_cointeract.cointeract_core.build import InputOptions, build_conditioning
     from comfyui_cointeract.cointeract_core.media import load_audio, load_image
-    from comfyui_cointeract.cointeract_core.pipeline import VideoOptions, generate
-    from comfyui_cointeract.cointeract_core.sampler import SamplerConfig
+    from comfyui_cointeract.cointeract_core.pipeline.build import InputOptions, build_conditioning
+    from comfyui_cointeract.cointeract_core.pipeline.clips import VideoOptions, generate
+    from comfyui_cointeract.cointeract_core.sampling.sampler import SamplerConfig
 
     model, codec, text, audio = load_bundle(ASSETS / "toy_bundle.safetensors")
     assert model.cfg.in_dim == codec.latent_channels == 16 and model.cfg.dim == PRESETS["toy"].dim

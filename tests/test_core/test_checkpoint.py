@@ -14,11 +14,11 @@ import safetensors
 import safetensors.torch
 import torch
 
-from comfyui_cointeract.cointeract_core import checkpoint as ck
-from comfyui_cointeract.cointeract_core import lora as lora_lib
-from comfyui_cointeract.cointeract_core.config import PRESETS, DiTConfig, config_to_json
-from comfyui_cointeract.cointeract_core.model import CoInteractDiT
-from comfyui_cointeract.cointeract_core.safetensors_io import write_safetensors
+from comfyui_cointeract.cointeract_core.model.config import PRESETS, DiTConfig, config_to_json
+from comfyui_cointeract.cointeract_core.model.dit import CoInteractDiT
+from comfyui_cointeract.cointeract_core.weights import checkpoint as ck
+from comfyui_cointeract.cointeract_core.weights import lora as lora_lib
+from comfyui_cointeract.cointeract_core.weights.safetensors_io import write_safetensors
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 LORA_TARGETS = re.compile(r"(self_attn|cross_attn|injector\.\d+)\.[qkvo]\.weight$|ffn\.(ffn_base\.)?[02]\.weight$")

@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from comfyui_cointeract.cointeract_core.config import PRESETS
-from comfyui_cointeract.cointeract_core.layout import SequenceLayout
-from comfyui_cointeract.cointeract_core.model import CoInteractDiT
+from comfyui_cointeract.cointeract_core.model.config import PRESETS
+from comfyui_cointeract.cointeract_core.model.dit import CoInteractDiT
+from comfyui_cointeract.cointeract_core.model.layout import SequenceLayout
 
 CASES = {  # case -> (timestep, attention, product+motion, hoi)
     "full_t500": (500.0, "full", True, True),

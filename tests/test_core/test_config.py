@@ -7,14 +7,14 @@ import dataclasses
 import pytest
 import torch
 
-from comfyui_cointeract.cointeract_core.config import (
+from comfyui_cointeract.cointeract_core.model.config import (
     PRESETS,
     DiTConfig,
     config_from_json,
     config_to_json,
     from_state_dict,
 )
-from comfyui_cointeract.cointeract_core.model import CoInteractDiT
+from comfyui_cointeract.cointeract_core.model.dit import CoInteractDiT
 
 
 def _meta_shapes(cfg: DiTConfig) -> dict[str, tuple[int, ...]]:

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from comfyui_cointeract.cointeract_core.config import PRESETS
 from comfyui_cointeract.cointeract_core.encoders import umt5, wan_vae, wav2vec
-from comfyui_cointeract.cointeract_core.protocols import AudioEncoder, TextEncoder, VideoVAE
-from comfyui_cointeract.cointeract_core.safetensors_io import write_safetensors
+from comfyui_cointeract.cointeract_core.model.config import PRESETS
+from comfyui_cointeract.cointeract_core.pipeline.protocols import AudioEncoder, TextEncoder, VideoVAE
+from comfyui_cointeract.cointeract_core.weights.safetensors_io import write_safetensors
 
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
@@ -146,7 +146,7 @@ def test_vae_tiling_is_used_only_above_the_tile(tiny_vae: wan_vae.WanVAE) -> Non
 
 
 def tiny_dit_state() -> dict[str, torch.Tensor]:
-    from comfyui_cointeract.cointeract_core.model import CoInteractDiT
+    from comfyui_cointeract.cointeract_core.model.dit import CoInteractDiT
 
     with torch.device("meta"):
         shapes = {k: v.shape for k, v in CoInteractDiT(PRESETS["tiny"]).state_dict().items()}

@@ -9,10 +9,10 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from comfyui_cointeract.cointeract_core import fp8, lora
-from comfyui_cointeract.cointeract_core.checkpoint import load_dit, save_dit
-from comfyui_cointeract.cointeract_core.config import PRESETS
-from comfyui_cointeract.cointeract_core.model import CoInteractDiT
+from comfyui_cointeract.cointeract_core.model.config import PRESETS
+from comfyui_cointeract.cointeract_core.model.dit import CoInteractDiT
+from comfyui_cointeract.cointeract_core.weights import fp8, fp8_load, lora
+from comfyui_cointeract.cointeract_core.weights.checkpoint import load_dit, save_dit
 
 E4M3 = torch.float8_e4m3fn
 
@@ -148,7 +148,7 @@ def test_load_comfyui_fp8_scaled(preset, tmp_path, randomize, make_inputs):
         if scale_key in sd:  # ComfyUI's manual cast: weight.to(bf16) * scale.to(bf16)
             expected = value.to(torch.bfloat16) * sd[scale_key].to(torch.bfloat16)
             torch.testing.assert_close(dense.state_dict()[key], expected, rtol=0, atol=0)
-    stored = fp8.load_dit_fp8(path, cfg=meta_cfg)
+    stored = fp8_load.load_dit_fp8(path, cfg=meta_cfg)
     for key, value in sd.items():
         if value.dtype == E4M3 and value.numel():
             assert torch.equal(stored.state_dict()[key].view(torch.uint8), value.view(torch.uint8)), key
@@ -174,7 +174,7 @@ def test_load_dit_fp8_quantises_bf16_files_and_merges_lora(tmp_path, ci_model, m
     extra = tmp_path / "cointeract.safetensors"
     save_file(lora_sd, str(extra))
     dense = load_dit(base, extra)
-    stored = fp8.load_dit_fp8(base, extra)
+    stored = fp8_load.load_dit_fp8(base, extra)
     assert isinstance(stored.blocks[0].self_attn.q, fp8.FP8Linear) and isinstance(
         stored.blocks[1].ffn.ffn_base[0], fp8.FP8Linear
     )
@@ -191,7 +191,7 @@ def test_fp8_state_dict_reloads_as_scaled_fp8(tmp_path, ci_model, make_inputs, c
     assert sd["scaled_fp8"].dtype == E4M3 and sd["scaled_fp8"].numel() == 0
     path = tmp_path / "ours_fp8.safetensors"
     save_file({k: v.contiguous() for k, v in sd.items()}, str(path), metadata={"format": "pt"})
-    again = fp8.load_dit_fp8(path, cfg=ci_cfg)
+    again = fp8_load.load_dit_fp8(path, cfg=ci_cfg)
     inputs = make_inputs(ci_cfg)
     with torch.no_grad():
         torch.testing.assert_close(again(**inputs).velocity, q(**inputs).velocity, rtol=0, atol=0)

@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from comfyui_cointeract.cointeract_core import generate as gen
-from comfyui_cointeract.cointeract_core.config import PRESETS
 from comfyui_cointeract.cointeract_core.media import probe, write_wav
-from comfyui_cointeract.cointeract_core.model import CoInteractDiT
+from comfyui_cointeract.cointeract_core.model.config import PRESETS
+from comfyui_cointeract.cointeract_core.model.dit import CoInteractDiT
+from comfyui_cointeract.cointeract_core.pipeline import generate as gen
 from comfyui_cointeract.cointeract_core.toy.audio import ToyAudioFeatures
 from comfyui_cointeract.cointeract_core.toy.codec import ToyCodec
 from comfyui_cointeract.cointeract_core.toy.text import ToyTextEncoder

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from comfyui_cointeract.cointeract_core import checkpoint as ck
-from comfyui_cointeract.cointeract_core import inspect as inspect_cli
-from comfyui_cointeract.cointeract_core.config import PRESETS, config_to_json
-from comfyui_cointeract.cointeract_core.model import CoInteractDiT
-from comfyui_cointeract.cointeract_core.safetensors_io import write_safetensors
+from comfyui_cointeract.cointeract_core.model.config import PRESETS, config_to_json
+from comfyui_cointeract.cointeract_core.model.dit import CoInteractDiT
+from comfyui_cointeract.cointeract_core.weights import checkpoint as ck
+from comfyui_cointeract.cointeract_core.weights import inspect as inspect_cli
+from comfyui_cointeract.cointeract_core.weights.safetensors_io import write_safetensors
 
 CFG = PRESETS["tiny_cointeract"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from comfyui_cointeract.cointeract_core.layout import ROPE_TABLE, SequenceLayout
+from comfyui_cointeract.cointeract_core.model.layout import ROPE_TABLE, SequenceLayout
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from comfyui_cointeract.cointeract_core import lora as lora_lib
+from comfyui_cointeract.cointeract_core.weights import lora as lora_lib
 
 TARGETS = re.compile(r"(self_attn|cross_attn|injector\.\d+)\.[qkvo]\.weight$|ffn\.(ffn_base\.)?[02]\.weight$")
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from comfyui_cointeract.cointeract_core.loudness import (
+from comfyui_cointeract.cointeract_core.media.loudness import (
     integrated_loudness,
     k_weight,
     k_weighting_biquads,

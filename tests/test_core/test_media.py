@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from comfyui_cointeract.cointeract_core import media, media_video
+from comfyui_cointeract.cointeract_core import media
 from comfyui_cointeract.cointeract_core.media import (
     is_silent,
     load_audio,
@@ -25,6 +25,7 @@ from comfyui_cointeract.cointeract_core.media import (
     write_video,
     write_wav,
 )
+from comfyui_cointeract.cointeract_core.media import video as media_video
 
 SR = 44100
 
@@ -61,7 +62,7 @@ def test_every_audio_format_loads_as_16k_mono(tmp_path, caplog, name, encoder, d
     write_audio(path, _tone(rate), rate, codec=encoder)
     with av.open(str(path)) as container:  # the file really holds the asked encoding
         assert container.streams.audio[0].codec_context.name == decoder
-    with caplog.at_level(logging.INFO, logger="comfyui_cointeract.cointeract_core.media_audio"):
+    with caplog.at_level(logging.INFO, logger="comfyui_cointeract.cointeract_core.media.audio"):
         clip = load_audio(path)
     assert clip.waveform.dtype == torch.float32 and clip.waveform.ndim == 1
     assert clip.sample_rate == 16000 and abs(clip.waveform.numel() - 16000) <= 4

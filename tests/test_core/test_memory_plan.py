@@ -8,13 +8,13 @@ import dataclasses
 import pytest
 import torch
 
-from comfyui_cointeract.cointeract_core import fp8
-from comfyui_cointeract.cointeract_core import memory_plan as mp
-from comfyui_cointeract.cointeract_core.compile import check_compile_support, compile_blocks, uncompile_blocks
-from comfyui_cointeract.cointeract_core.config import PRESETS, DiTConfig, HOIConfig, MoEConfig
-from comfyui_cointeract.cointeract_core.layout import SequenceLayout
-from comfyui_cointeract.cointeract_core.model import CoInteractDiT
-from comfyui_cointeract.cointeract_core.offload import install_block_swap
+from comfyui_cointeract.cointeract_core.model.config import PRESETS, DiTConfig, HOIConfig, MoEConfig
+from comfyui_cointeract.cointeract_core.model.dit import CoInteractDiT
+from comfyui_cointeract.cointeract_core.model.layout import SequenceLayout
+from comfyui_cointeract.cointeract_core.runtime import memory_plan as mp
+from comfyui_cointeract.cointeract_core.runtime.compile import check_compile_support, compile_blocks, uncompile_blocks
+from comfyui_cointeract.cointeract_core.runtime.offload import install_block_swap
+from comfyui_cointeract.cointeract_core.weights import fp8
 
 
 def scaled_cfg(dim: int = 256, layers: int = 4) -> DiTConfig:

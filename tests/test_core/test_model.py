@@ -7,9 +7,9 @@ import dataclasses
 import pytest
 import torch
 
-from comfyui_cointeract.cointeract_core.config import PRESETS, MoEConfig
-from comfyui_cointeract.cointeract_core.init import init_cointeract_parts
-from comfyui_cointeract.cointeract_core.model import CoInteractDiT
+from comfyui_cointeract.cointeract_core.model.config import PRESETS, MoEConfig
+from comfyui_cointeract.cointeract_core.model.dit import CoInteractDiT
+from comfyui_cointeract.cointeract_core.model.init import init_cointeract_parts
 
 
 def _run(model, **kw):

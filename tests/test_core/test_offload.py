@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from comfyui_cointeract.cointeract_core import offload
-from comfyui_cointeract.cointeract_core.conditioning import Conditioning
-from comfyui_cointeract.cointeract_core.offload import BlockSwapper, install_block_swap, swapped_indices
+from comfyui_cointeract.cointeract_core.pipeline.conditioning import Conditioning
+from comfyui_cointeract.cointeract_core.runtime import offload
+from comfyui_cointeract.cointeract_core.runtime.offload import BlockSwapper, install_block_swap, swapped_indices
 
 
 class RecordingTransport(offload.SyncTransport):

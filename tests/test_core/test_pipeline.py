@@ -7,12 +7,12 @@ import dataclasses
 import pytest
 import torch
 
-from comfyui_cointeract.cointeract_core.conditioning import Conditioning, clip_count, resample_features
-from comfyui_cointeract.cointeract_core.config import PRESETS
-from comfyui_cointeract.cointeract_core.heatmaps import overlay_heatmaps
-from comfyui_cointeract.cointeract_core.model import CoInteractDiT
-from comfyui_cointeract.cointeract_core.pipeline import VideoOptions, generate
-from comfyui_cointeract.cointeract_core.sampler import SamplerConfig
+from comfyui_cointeract.cointeract_core.model.config import PRESETS
+from comfyui_cointeract.cointeract_core.model.dit import CoInteractDiT
+from comfyui_cointeract.cointeract_core.pipeline.clips import VideoOptions, generate
+from comfyui_cointeract.cointeract_core.pipeline.conditioning import Conditioning, clip_count, resample_features
+from comfyui_cointeract.cointeract_core.pipeline.heatmaps import overlay_heatmaps
+from comfyui_cointeract.cointeract_core.sampling.sampler import SamplerConfig
 from comfyui_cointeract.cointeract_core.toy.codec import ToyCodec
 
 CFG = dataclasses.replace(PRESETS["tiny_cointeract"], in_dim=12, out_dim=12, cond_dim=12)

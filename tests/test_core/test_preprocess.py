@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from comfyui_cointeract.cointeract_core.preprocess import (
+from comfyui_cointeract.cointeract_core.media.preprocess import (
     check_resolution,
     cover_crop,
     fit_product,

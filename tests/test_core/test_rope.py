@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from comfyui_cointeract.cointeract_core.rope import apply_rope, axis_dims, rope_frequencies
+from comfyui_cointeract.cointeract_core.model.rope import apply_rope, axis_dims, rope_frequencies
 
 
 def test_axis_split_matches_wan():

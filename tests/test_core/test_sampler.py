@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from comfyui_cointeract.cointeract_core.sampler import (
+from comfyui_cointeract.cointeract_core.sampling.sampler import (
     SamplerConfig,
     cfg_combine,
     model_timesteps,

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from comfyui_cointeract.cointeract_core.config import PRESETS
-from comfyui_cointeract.cointeract_core.protocols import AudioEncoder, TextEncoder
+from comfyui_cointeract.cointeract_core.model.config import PRESETS
+from comfyui_cointeract.cointeract_core.pipeline.protocols import AudioEncoder, TextEncoder
 from comfyui_cointeract.cointeract_core.toy import TOY_VOCABULARY, ToyAudioFeatures, ToyTextEncoder
 from comfyui_cointeract.cointeract_core.toy.text import tokenize
 

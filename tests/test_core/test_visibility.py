@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from comfyui_cointeract.cointeract_core.attention import SelfAttention
-from comfyui_cointeract.cointeract_core.layout import SequenceLayout
-from comfyui_cointeract.cointeract_core.rope import apply_rope, rope_frequencies
-from comfyui_cointeract.cointeract_core.visibility import attention_groups, dense_mask
+from comfyui_cointeract.cointeract_core.model.attention import SelfAttention
+from comfyui_cointeract.cointeract_core.model.layout import SequenceLayout
+from comfyui_cointeract.cointeract_core.model.rope import apply_rope, rope_frequencies
+from comfyui_cointeract.cointeract_core.model.visibility import attention_groups, dense_mask
 
 LAYOUT = SequenceLayout(frames=2, latent_hw=(8, 16), product=True, motion=True, hoi=True)
 

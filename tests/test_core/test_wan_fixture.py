@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from comfyui_cointeract.cointeract_core.config import PRESETS
-from comfyui_cointeract.cointeract_core.layout import SequenceLayout
-from comfyui_cointeract.cointeract_core.model import CoInteractDiT
-from comfyui_cointeract.cointeract_core.rope import rope_frequencies
+from comfyui_cointeract.cointeract_core.model.config import PRESETS
+from comfyui_cointeract.cointeract_core.model.dit import CoInteractDiT
+from comfyui_cointeract.cointeract_core.model.layout import SequenceLayout
+from comfyui_cointeract.cointeract_core.model.rope import rope_frequencies
 
 CASES = {"motion": True, "drop_motion": False}
 

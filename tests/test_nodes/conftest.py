@@ -20,17 +20,17 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from comfyui_cointeract.cointeract_core.checkpoint import (
+from comfyui_cointeract.cointeract_core.model.config import PRESETS, config_to_json
+from comfyui_cointeract.cointeract_core.model.dit import CoInteractDiT
+from comfyui_cointeract.cointeract_core.toy.audio import ToyAudioFeatures
+from comfyui_cointeract.cointeract_core.toy.codec import ToyCodec
+from comfyui_cointeract.cointeract_core.toy.text import ToyTextEncoder
+from comfyui_cointeract.cointeract_core.weights.checkpoint import (
     cointeract_parts,
     save_cointeract_checkpoint,
     save_dit,
     write_safetensors,
 )
-from comfyui_cointeract.cointeract_core.config import PRESETS, config_to_json
-from comfyui_cointeract.cointeract_core.model import CoInteractDiT
-from comfyui_cointeract.cointeract_core.toy.audio import ToyAudioFeatures
-from comfyui_cointeract.cointeract_core.toy.codec import ToyCodec
-from comfyui_cointeract.cointeract_core.toy.text import ToyTextEncoder
 from comfyui_cointeract.nodes import services
 
 BASE_CFG = PRESETS["tiny"]  # in_dim 16 (as Wan), text_dim 64, text_len 32, audio 25 x 24

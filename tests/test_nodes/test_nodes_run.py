@@ -104,7 +104,7 @@ def test_loader_takes_a_toy_bundle_as_the_whole_model(model_files: Path, tmp_pat
 
 
 def test_checkpoint_that_does_not_fit_the_base(model_files: Path, tmp_path: Path, monkeypatch, cfgs) -> None:
-    from comfyui_cointeract.cointeract_core.checkpoint import save_cointeract_checkpoint
+    from comfyui_cointeract.cointeract_core.weights.checkpoint import save_cointeract_checkpoint
 
     (tmp_path / "cointeract").mkdir()
     (tmp_path / "diffusion_models").symlink_to(model_files / "diffusion_models")

@@ -38,7 +38,7 @@ def test_installed_package_is_this_checkout(repo_root: Path) -> None:
     assert Path(comfyui_cointeract.__file__).resolve() == repo_root / "__init__.py", (
         "comfyui_cointeract is not this checkout: run `pip install -e '.[dev]'` in this repository"
     )
-    for sub in ("cointeract_core", "cointeract_core.config", "nodes", "nodes.services", "train", "cli"):
+    for sub in ("cointeract_core", "cointeract_core.model.config", "nodes", "nodes.services", "train", "cli"):
         importlib.import_module(f"comfyui_cointeract.{sub}")
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from comfyui_cointeract.cointeract_core.conditioning import HOI_PREFIX
+from comfyui_cointeract.cointeract_core.pipeline.conditioning import HOI_PREFIX
 from comfyui_cointeract.cointeract_core.toy.codec import ToyCodec
 from comfyui_cointeract.train.cache import CachedDataset, CacheError, build_cache
 from comfyui_cointeract.train.data import RawClipDataset

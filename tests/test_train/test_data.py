@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from comfyui_cointeract.cointeract_core.loudness import integrated_loudness
-from comfyui_cointeract.cointeract_core.media_audio import load_audio
+from comfyui_cointeract.cointeract_core.media.audio import load_audio
+from comfyui_cointeract.cointeract_core.media.loudness import integrated_loudness
 from comfyui_cointeract.train.clip_media import load_frames, load_person, load_product
 from comfyui_cointeract.train.data import ClipSpec, RawClipDataset, validate_csv
 from comfyui_cointeract.train.labels import BoxKeyConventionError

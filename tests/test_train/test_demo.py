@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from comfyui_cointeract.cointeract_core.model import CoInteractDiT
+from comfyui_cointeract.cointeract_core.model.dit import CoInteractDiT
 from comfyui_cointeract.cointeract_core.toy.bundle import load_bundle
-from comfyui_cointeract.train import demo
 from comfyui_cointeract.train.cache import CachedDataset
 from comfyui_cointeract.train.config import LOSS_PRESETS
-from comfyui_cointeract.train.demo_data import toy_config
-from comfyui_cointeract.train.demo_train import toy_model, toy_stages, train_stages
+from comfyui_cointeract.train.demo import run as demo
+from comfyui_cointeract.train.demo.data import toy_config
+from comfyui_cointeract.train.demo.training import toy_model, toy_stages, train_stages
 
 TINY = ["--train-clips", "2", "--eval-clips", "1", "--steps", "2", "1", "--sample-steps", "2", "--minutes", "10"]
 

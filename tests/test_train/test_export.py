@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from comfyui_cointeract.cointeract_core.checkpoint import is_cointeract_key, load_dit, to_model_key
-from comfyui_cointeract.cointeract_core.config import config_from_json
-from comfyui_cointeract.cointeract_core.safetensors_io import write_safetensors
+from comfyui_cointeract.cointeract_core.model.config import config_from_json
+from comfyui_cointeract.cointeract_core.weights.checkpoint import is_cointeract_key, load_dit, to_model_key
+from comfyui_cointeract.cointeract_core.weights.safetensors_io import write_safetensors
 from comfyui_cointeract.train.builders import build_model, load_start_checkpoint
 from comfyui_cointeract.train.config import (
     DropoutConfig,

@@ -126,7 +126,7 @@ def test_a_full_disk_during_a_checkpoint_leaves_no_partial_files(tmp_path, monke
 
 
 def _dit_and_syn(cfg):
-    from comfyui_cointeract.cointeract_core.config import PRESETS
+    from comfyui_cointeract.cointeract_core.model.config import PRESETS
 
     return PRESETS[cfg.model.preset], cfg.data.synthetic
 

@@ -110,7 +110,7 @@ def test_dropout_rates_follow_the_config():
 def test_dropped_conditions_become_what_the_official_trainer_feeds():
     import dataclasses
 
-    from comfyui_cointeract.cointeract_core.config import PRESETS
+    from comfyui_cointeract.cointeract_core.model.config import PRESETS
     from comfyui_cointeract.train.config import SyntheticConfig
     from comfyui_cointeract.train.sampling import sample_generator
     from comfyui_cointeract.train.stages import make_batch

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from comfyui_cointeract.cointeract_core.config import PRESETS
+from comfyui_cointeract.cointeract_core.model.config import PRESETS
 from comfyui_cointeract.train.builders import build_model, load_start_checkpoint
 from comfyui_cointeract.train.config import SyntheticConfig
 from comfyui_cointeract.train.evaluate import evaluate

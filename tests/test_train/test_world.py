@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from comfyui_cointeract.cointeract_core.config import PRESETS
-from comfyui_cointeract.cointeract_core.model import CoInteractDiT
+from comfyui_cointeract.cointeract_core.model.config import PRESETS
+from comfyui_cointeract.cointeract_core.model.dit import CoInteractDiT
 from comfyui_cointeract.cointeract_core.toy import (
     TOY_VOCABULARY,
     ToyAudioFeatures,
@@ -25,16 +25,7 @@ from comfyui_cointeract.train.cache import CachedDataset, build_cache
 from comfyui_cointeract.train.clip_media import iter_frames
 from comfyui_cointeract.train.data import RawClipDataset, validate_csv
 from comfyui_cointeract.train.prepare import prepare_dataset
-from comfyui_cointeract.train.toy_io import frame_grid, write_png
-from comfyui_cointeract.train.world import (
-    PRODUCT_COLOURS,
-    PRODUCT_SIZES,
-    WorldConfig,
-    generate_sequence,
-    make_clip,
-    slice_sequence,
-)
-from comfyui_cointeract.train.world_dataset import (
+from comfyui_cointeract.train.toyworld.dataset import (
     COLUMNS,
     clip_seed,
     official_boxes,
@@ -42,7 +33,7 @@ from comfyui_cointeract.train.world_dataset import (
     write_prepare_sources,
     write_world_dataset,
 )
-from comfyui_cointeract.train.world_eval import (
+from comfyui_cointeract.train.toyworld.evaluation import (
     UNKNOWN,
     ClipTruth,
     box_labels,
@@ -50,7 +41,16 @@ from comfyui_cointeract.train.world_eval import (
     router_recall,
     segment,
 )
-from comfyui_cointeract.train.world_render import BODY_COLOURS, CLASSES, LABEL_COLOUR, SILHOUETTE_COLOUR
+from comfyui_cointeract.train.toyworld.files import frame_grid, write_png
+from comfyui_cointeract.train.toyworld.render import BODY_COLOURS, CLASSES, LABEL_COLOUR, SILHOUETTE_COLOUR
+from comfyui_cointeract.train.toyworld.world import (
+    PRODUCT_COLOURS,
+    PRODUCT_SIZES,
+    WorldConfig,
+    generate_sequence,
+    make_clip,
+    slice_sequence,
+)
 
 CFG = WorldConfig()
 HEAD_PARTS = [CLASSES.index(n) for n in ("head", "hair", "eyes", "mouth")]

@@ -10,15 +10,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..cointeract_core.config import PRESETS, DiTConfig
-from ..cointeract_core.media_audio import write_wav
-from ..cointeract_core.toy import PCAToyCodec, ToyAudioFeatures, ToyCodec, ToyTextEncoder, fit_pca_codec
-from .cache import CachedDataset, build_cache
-from .data import RawClipDataset
-from .toy_io import write_png
-from .world import PRODUCT_COLOURS, WorldConfig, WorldSequence, generate_sequence, person_image
-from .world_dataset import clip_seed, write_world_dataset
-from .world_render import render_product
+from ...cointeract_core.media.audio import write_wav
+from ...cointeract_core.model.config import PRESETS, DiTConfig
+from ...cointeract_core.toy import PCAToyCodec, ToyAudioFeatures, ToyCodec, ToyTextEncoder, fit_pca_codec
+from ..cache import CachedDataset, build_cache
+from ..data import RawClipDataset
+from ..toyworld.dataset import clip_seed, write_world_dataset
+from ..toyworld.files import write_png
+from ..toyworld.render import render_product
+from ..toyworld.world import PRODUCT_COLOURS, WorldConfig, WorldSequence, generate_sequence, person_image
 
 __all__ = [
     "DEMO_PRODUCT_SIZE",

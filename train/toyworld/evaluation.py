@@ -24,9 +24,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from .labels import router_labels
+from ..labels import router_labels
+from .render import BODY, BODY_COLOURS, CLASSES, LABEL_COLOUR
 from .world import WorldConfig, WorldSequence
-from .world_render import BODY, BODY_COLOURS, CLASSES, LABEL_COLOUR
 
 __all__ = [
     "ClipTruth",

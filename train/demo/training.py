@@ -20,16 +20,16 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..cointeract_core.config import DiTConfig
-from ..cointeract_core.init import init_wan_weights
-from ..cointeract_core.model import CoInteractDiT
-from .config import DropoutConfig, LossConfig, StageConfig
-from .evaluate import evaluate
-from .loop import compute_losses, forward_batch
-from .losses import FlowSchedule, router_counts, router_summary
-from .sample import TrainSample
-from .sampling import sample_generator, seeded_generator
-from .stages import make_batch, stage_spans
+from ...cointeract_core.model.config import DiTConfig
+from ...cointeract_core.model.dit import CoInteractDiT
+from ...cointeract_core.model.init import init_wan_weights
+from ..config import DropoutConfig, LossConfig, StageConfig
+from ..evaluate import evaluate
+from ..loop import compute_losses, forward_batch
+from ..losses import FlowSchedule, router_counts, router_summary
+from ..sample import TrainSample
+from ..sampling import sample_generator, seeded_generator
+from ..stages import make_batch, stage_spans
 
 __all__ = [
     "TOY_TRAINABLE",

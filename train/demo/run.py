@@ -21,10 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..cointeract_core.toy.bundle import load_bundle, save_bundle
-from .config import LOSS_PRESETS, LossConfig
-from .demo_ablation import VARIANTS, ablation_table, run_variant
-from .demo_data import (
+from ...cointeract_core.toy.bundle import load_bundle, save_bundle
+from ..config import LOSS_PRESETS, LossConfig
+from ..metrics import MetricsLog
+from .ablation import VARIANTS, ablation_table, run_variant
+from .data import (
     cache_clips,
     demo_world,
     fit_toy_codec,
@@ -34,9 +35,8 @@ from .demo_data import (
     write_clips,
     write_inputs,
 )
-from .demo_report import generate_and_score, write_report
-from .demo_train import toy_model, toy_stages, train_stages
-from .metrics import MetricsLog
+from .report import generate_and_score, write_report
+from .training import toy_model, toy_stages, train_stages
 
 __all__ = ["main", "DEFAULT_MINUTES", "run_demo", "parse_args"]
 

@@ -29,11 +29,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ..cointeract_core.media_audio import write_wav
-from .toy_io import lossless_video_suffix, write_lossless_video, write_png
+from ...cointeract_core.media.audio import write_wav
+from .evaluation import ClipTruth
+from .files import lossless_video_suffix, write_lossless_video, write_png
+from .render import SILHOUETTE_COLOUR, render_product
 from .world import PRODUCT_COLOURS, WorldClip, WorldConfig, WorldSequence, generate_sequence, make_clip, person_image
-from .world_eval import ClipTruth
-from .world_render import SILHOUETTE_COLOUR, render_product
 
 __all__ = [
     "COLUMNS",

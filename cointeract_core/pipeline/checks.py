@@ -3,8 +3,8 @@ clip has been sampled. Messages name the input to change (they reach ComfyUI use
 
 from __future__ import annotations
 
+from ..model.config import DiTConfig
 from .conditioning import Conditioning, clip_count
-from .config import DiTConfig
 
 __all__ = ["check_conditioning"]
 

@@ -18,11 +18,11 @@ from typing import Any
 
 import torch
 
+from ..media import load_audio, load_image, load_video, write_video
+from ..sampling.sampler import SamplerConfig
 from .build import InputOptions, build_conditioning
+from .clips import GenerationResult, VideoOptions, generate
 from .heatmaps import overlay_heatmaps
-from .media import load_audio, load_image, load_video, write_video
-from .pipeline import GenerationResult, VideoOptions, generate
-from .sampler import SamplerConfig
 
 __all__ = ["Case", "Engines", "main", "batch_main", "run_case", "load_engines"]
 log = logging.getLogger(__name__)
@@ -128,15 +128,15 @@ def _check_model_args(parser: argparse.ArgumentParser, args: argparse.Namespace)
 def load_engines(args: argparse.Namespace) -> Engines:
     """Load the DiT (+ CoInteract checkpoint) and the three encoders from local files, or a toy bundle."""
     if getattr(args, "bundle", None):
-        from .attention import resolve_backend
-        from .toy.bundle import load_bundle
+        from ..model.attention import resolve_backend
+        from ..toy.bundle import load_bundle
 
         model, codec, text, audio = load_bundle(args.bundle, args.device, torch.float32)
         model.attention_backend = resolve_backend(args.attention)
         return Engines(model, codec, text, audio)
-    from .attention import resolve_backend
-    from .checkpoint import load_dit
-    from .encoders import UMT5TextEncoder, WanVAE, Wav2Vec2Features
+    from ..encoders import UMT5TextEncoder, WanVAE, Wav2Vec2Features
+    from ..model.attention import resolve_backend
+    from ..weights.checkpoint import load_dit
 
     model = load_dit(args.dit, args.cointeract, args.lora_strength, DTYPES[args.dtype], args.device)
     model.attention_backend = resolve_backend(args.attention)

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
+from ..model.config import DiTConfig, config_to_json, from_state_dict
 from . import fp8 as fp8_lib
 from . import lora as lora_lib
-from .config import DiTConfig, config_to_json, from_state_dict
 from .safetensors_io import (
     PREFIXES,
     Checkpoint,
@@ -202,7 +202,7 @@ def _fit_config(cfg: DiTConfig | None, inferred: DiTConfig) -> DiTConfig:
 
 
 def _build_meta_model(cfg: DiTConfig) -> nn.Module:
-    from .model import CoInteractDiT
+    from ..model.dit import CoInteractDiT
 
     with torch.device("meta"):
         return CoInteractDiT(cfg)

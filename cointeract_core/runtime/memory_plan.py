@@ -29,9 +29,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from .attention import resolve_backend
-from .config import DiTConfig
-from .layout import SequenceLayout
+from ..model.attention import resolve_backend
+from ..model.config import DiTConfig
+from ..model.layout import SequenceLayout
 
 __all__ = [
     "GiB",
@@ -92,8 +92,8 @@ class WeightBytes:
 @functools.lru_cache(maxsize=16)
 def weight_bytes(cfg: DiTConfig, weights: Weights = "bf16") -> WeightBytes:
     """Exact weight bytes of `cfg` in bf16, or with the Linear layers fp8 (counted on a meta-device model)."""
-    from .fp8 import FP8Linear, quantize_model_fp8  # noqa: PLC0415 - fp8 imports checkpoint helpers lazily
-    from .model import CoInteractDiT  # noqa: PLC0415 - model imports are heavy-ish; only the planner needs it
+    from ..model.dit import CoInteractDiT  # noqa: PLC0415 - model imports are heavy-ish; only the planner needs it
+    from ..weights.fp8 import FP8Linear, quantize_model_fp8  # noqa: PLC0415 - only for the measured-weights path
 
     if weights not in ("bf16", "fp8"):
         raise ValueError(f"unknown weight format {weights!r}; choose 'bf16' or 'fp8'")

@@ -14,12 +14,12 @@ import math
 import time
 from collections.abc import Sequence
 
-from ..cointeract_core.pipeline import VideoOptions, generate
-from ..cointeract_core.sampler import SamplerConfig
-from .demo_data import HeldOut, ToyEncoders, toy_config
-from .demo_report import held_out_conditioning, score
-from .demo_train import toy_model, toy_stages, train_stages
-from .sample import TrainSample
+from ...cointeract_core.pipeline.clips import VideoOptions, generate
+from ...cointeract_core.sampling.sampler import SamplerConfig
+from ..sample import TrainSample
+from .data import HeldOut, ToyEncoders, toy_config
+from .report import held_out_conditioning, score
+from .training import toy_model, toy_stages, train_stages
 
 __all__ = ["VARIANTS", "run_variant", "ablation_table"]
 

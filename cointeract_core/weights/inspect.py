@@ -17,9 +17,9 @@ import sys
 from collections import Counter
 from collections.abc import Sequence
 
+from ..model.config import from_state_dict
 from . import checkpoint as ck
 from . import lora as lora_lib
-from .config import from_state_dict
 
 __all__ = ["describe", "check_against", "main"]
 

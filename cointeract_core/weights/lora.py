@@ -154,9 +154,10 @@ def _refuse_fp8_targets(model: nn.Module, lora_shapes: Mapping[str, Sequence[int
     hits = [m for m in lora_pairs(list(lora_shapes)) if _target(m, fp8) is not None]
     if hits:
         raise ValueError(
-            f"{len(hits)} LoRA targets (e.g. {hits[0]}) store their weights in fp8; merging a LoRA there would lose it "
-            "to fp8 rounding. Merge before quantising: load with fp8.load_dit_fp8(base, checkpoint, lora_strength) "
-            "(it merges in bf16, then quantises), or in ComfyUI apply it with CoInteract LoRA (patched on the fly)"
+            f"{len(hits)} LoRA targets (e.g. {hits[0]}) store their weights in fp8; merging a LoRA there would lose "
+            "it to fp8 rounding. Merge before quantising: load with fp8_load.load_dit_fp8(base, checkpoint, "
+            "lora_strength) (it merges in bf16, then quantises), or in ComfyUI apply it with CoInteract LoRA "
+            "(patched on the fly)"
         )
 
 

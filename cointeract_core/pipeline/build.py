@@ -14,10 +14,10 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from ..media.audio import is_silent
+from ..media.loudness import loudness_normalize
+from ..media.preprocess import cover_crop, fit_product, resize_person, round_resolution, to_model_range
 from .conditioning import HOI_PREFIX, NEGATIVE_PROMPT, Conditioning, clip_count, resample_features
-from .loudness import loudness_normalize
-from .media_audio import is_silent
-from .preprocess import cover_crop, fit_product, resize_person, round_resolution, to_model_range
 from .protocols import AudioEncoder, TextEncoder, VideoVAE
 
 __all__ = ["InputOptions", "build_conditioning", "frame_size", "encode_prompts", "audio_features", "pose_latents"]

@@ -28,8 +28,8 @@ import av
 import numpy as np
 import torch
 
+from .audio import audio_channels, audio_packets, configure_audio_stream, decode_audio
 from .fileio import atomic_output, require_file
-from .media_audio import audio_channels, audio_packets, configure_audio_stream, decode_audio
 
 __all__ = ["load_video", "write_video", "probe"]
 

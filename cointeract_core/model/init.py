@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from .model import CoInteractDiT
+from .dit import CoInteractDiT
 from .moe import MoEFFN
 
 __all__ = ["init_wan_weights", "init_cointeract_parts", "init_random"]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .world_render import BODY, grip_points
+from .render import BODY, grip_points
 
 __all__ = ["Track", "ACTION_PHRASES", "script", "rest_hands", "CHEST"]
 

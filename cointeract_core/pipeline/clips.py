@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..model.dit import CoInteractDiT
+from ..runtime.offload import conditioning_to
+from ..sampling.sampler import SamplerConfig, StepCallback, cfg_combine, sample
 from .conditioning import Conditioning, clip_count
 from .heatmaps import router_probabilities
-from .model import CoInteractDiT
-from .offload import conditioning_to
 from .protocols import VideoVAE
-from .sampler import SamplerConfig, StepCallback, cfg_combine, sample
 
 __all__ = ["VideoOptions", "GenerationResult", "generate"]
 

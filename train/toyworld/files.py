@@ -17,7 +17,7 @@ import av
 import numpy as np
 from PIL import Image
 
-from ..cointeract_core.fileio import atomic_output
+from ...cointeract_core.media.fileio import atomic_output
 
 __all__ = ["write_lossless_video", "write_png", "lossless_video_suffix", "frame_grid"]
 

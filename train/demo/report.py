@@ -13,15 +13,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..cointeract_core.build import InputOptions, build_conditioning
-from ..cointeract_core.heatmaps import overlay_heatmaps
-from ..cointeract_core.media import write_video
-from ..cointeract_core.pipeline import GenerationResult, VideoOptions, generate
-from ..cointeract_core.sampler import SamplerConfig
-from .demo_data import HeldOut
-from .demo_plot import draw_curves
-from .toy_io import frame_grid, write_png
-from .world_eval import ClipTruth, evaluate_clip
+from ...cointeract_core.media import write_video
+from ...cointeract_core.pipeline.build import InputOptions, build_conditioning
+from ...cointeract_core.pipeline.clips import GenerationResult, VideoOptions, generate
+from ...cointeract_core.pipeline.heatmaps import overlay_heatmaps
+from ...cointeract_core.sampling.sampler import SamplerConfig
+from ..toyworld.evaluation import ClipTruth, evaluate_clip
+from ..toyworld.files import frame_grid, write_png
+from .data import HeldOut
+from .plot import draw_curves
 
 __all__ = [
     "generate_and_score",

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .world_audio import frame_envelope, synthesize_speech
-from .world_render import Geometry, Raster, colourize, hoi_colourize, rasterize, render_product
-from .world_script import ACTION_PHRASES, Track, rest_hands, script
+from .audio import frame_envelope, synthesize_speech
+from .render import Geometry, Raster, colourize, hoi_colourize, rasterize, render_product
+from .script import ACTION_PHRASES, Track, rest_hands, script
 
 __all__ = [
     "WorldConfig",

@@ -5,11 +5,11 @@ The code lives in one module per medium; this module only re-exports their publi
 
 from __future__ import annotations
 
+from .audio import AudioClip, is_silent, load_audio, rms_dbfs, write_audio, write_wav
 from .fileio import atomic_output
+from .image import image_to_tensor, load_image
 from .loudness import integrated_loudness, loudness_normalize
-from .media_audio import AudioClip, is_silent, load_audio, rms_dbfs, write_audio, write_wav
-from .media_image import image_to_tensor, load_image
-from .media_video import load_video, probe, write_video
+from .video import load_video, probe, write_video
 
 __all__ = [
     "AudioClip",

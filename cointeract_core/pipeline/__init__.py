@@ -1,0 +1,5 @@
+"""Inputs -> Conditioning -> sampled clips -> frames: the official batch_infer procedure and `cointeract generate`.
+
+protocols (encoder interfaces) and conditioning (the frozen inputs) come first; build turns raw inputs into a
+Conditioning, checks validates it against a model, clips chains 80-frame clips, generate is the CLI.
+"""
