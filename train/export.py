@@ -1,7 +1,7 @@
 """Export the trained weights in the official CoInteract layout, loadable by our loaders and the official code.
 
 - LoRA: `X.lora_A.default.weight` = A, `X.lora_B.default.weight` = (alpha/r)·B, so the official merge
-  W += 1.0·B·A (DiffSynth GeneralLoRALoader, and `cointeract_core.lora.merge_lora` at strength 1) gives the
+  W += 1.0·B·A (DiffSynth GeneralLoRALoader, and `cointeract_core.weights.lora.merge_lora` at strength 1) gives the
   trained model. FFN factors sit under `ffn.ffn_base.{0,2}` as official.
 - Full weights of every other trainable parameter: MoE router / experts, HOI `depth_*` (and `cond_encoder` if a
   stage trained it).

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
+
+log = logging.getLogger(__name__)
 
 __all__ = ["MoEConfig", "HOIConfig", "DiTConfig", "PRESETS", "from_state_dict", "config_to_json", "config_from_json"]
 
@@ -181,13 +184,16 @@ def from_state_dict(
     metadata: Mapping[str, str] | None = None,
     num_heads: int | None = None,
     text_len: int | None = None,
+    hint: DiTConfig | None = None,
 ) -> DiTConfig:
     """Infer a DiTConfig from a state dict's shapes (tensors or shape tuples, official key names).
 
-    What shapes cannot tell (heads, text length, injector placement when ambiguous) comes from the file's
-    metadata (`config` as written by Wan/our tools), the arguments, or the 14B defaults (head_dim 128).
+    What shapes cannot tell (heads, text length, injector placement when ambiguous) comes from the arguments, the
+    file's metadata (`config` as written by Wan/our tools), then `hint` (a caller's config). With none of them,
+    the 14B width (5120) means the published 14B values; any other width is a guess (head_dim 128, 512 text
+    rows) and is logged as a warning.
     """
-    meta_cfg = _metadata_fields(metadata)
+    meta_cfg = {**_hint_fields(hint), **_metadata_fields(metadata)}
     patch = _shape(sd, "patch_embedding.weight")
     if patch is None or _shape(sd, "casual_audio_encoder.encoder.final_linear.weight") is None:
         raise ValueError("not a Wan2.2-S2V DiT state dict: patch_embedding / casual_audio_encoder keys are missing")
@@ -202,7 +208,7 @@ def from_state_dict(
     head = _shape(sd, "head.head.weight")
     cond = _shape(sd, "cond_encoder.weight")
     inject = _inject_layers(meta_cfg, num_layers, n_inject)
-    heads = num_heads or meta_cfg.get("num_heads") or max(1, dim // 128)
+    heads = num_heads or meta_cfg.get("num_heads") or _guess("num_heads", max(1, dim // 128), dim)
     fields = dict(
         dim=dim,
         ffn_dim=ffn[0],
@@ -210,7 +216,7 @@ def from_state_dict(
         num_layers=num_layers,
         freq_dim=_shape(sd, "time_embedding.0.weight")[1],
         text_dim=_shape(sd, "text_embedding.0.weight")[1],
-        text_len=text_len or meta_cfg.get("text_len", 512),
+        text_len=text_len or meta_cfg.get("text_len") or _guess("text_len", 512, dim),
         in_dim=in_dim,
         out_dim=head[0] // (patch[2] * patch[3] * patch[4]),
         patch_size=tuple(patch[2:]),
@@ -225,6 +231,31 @@ def from_state_dict(
     if "eps" in meta_cfg:
         fields["eps"] = meta_cfg["eps"]
     return DiTConfig(**fields)
+
+
+def _hint_fields(hint: DiTConfig | None) -> dict:
+    """The fields of a caller's config that shapes cannot tell, in the metadata's form."""
+    if hint is None:
+        return {}
+    return {
+        "num_heads": hint.num_heads,
+        "text_len": hint.text_len,
+        "audio_inject_layers": hint.audio_inject_layers,
+        "eps": hint.eps,
+    }
+
+
+def _guess(field: str, value: int, dim: int) -> int:
+    """A field no tensor, metadata or caller gives: silent for the 14B width (published values), else a warning."""
+    if dim != PRESETS["14B"].dim:
+        log.warning(
+            "%s is not in the file's metadata and cannot be read from its tensors; assuming %d (Wan's rule: "
+            "head_dim 128, 512 text rows). If the model was made otherwise, pass cfg=DiTConfig(..., %s=N)",
+            field,
+            value,
+            field,
+        )
+    return value
 
 
 def _metadata_fields(metadata: Mapping[str, str] | None) -> dict:
@@ -247,6 +278,12 @@ def _inject_layers(meta_cfg: dict, num_layers: int, n_inject: int) -> tuple[int,
         layers = tuple(range(num_layers))
     else:
         layers = tuple(i for i in AUDIO_INJECT_14B if i < num_layers)
+        if num_layers != PRESETS["14B"].num_layers and len(layers) == n_inject:
+            log.warning(
+                "audio injector placement is not in the file's metadata; assuming the 14B placement %s. If the model "
+                "was made otherwise, pass cfg=DiTConfig(..., audio_inject_layers=(...))",
+                layers,
+            )
     if len(layers) != n_inject:
         raise ValueError(
             f"the file has {n_inject} audio injectors but the block list {layers} has {len(layers)}; "

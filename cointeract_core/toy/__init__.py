@@ -1,6 +1,6 @@
 """The toy world's inference-time parts: a lossless codec and small deterministic text and audio encoders.
 
-They stand behind the same protocols as the real Wan VAE, umT5 and wav2vec2 (`cointeract_core.protocols`), so
+They stand behind the same protocols as the real Wan VAE, umT5 and wav2vec2 (`cointeract_core.pipeline.protocols`), so
 the whole system runs on a CPU with no downloads. The world generator and its evaluation live in `train/`.
 """
 

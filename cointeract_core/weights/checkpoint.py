@@ -220,9 +220,10 @@ def plan_load(
     shapes = {**base.shapes(), **{k: e.shape for k, e in full_extra.items()}}
     metadata = {**base.metadata, **(extra.metadata if extra else {})}
     try:
-        inferred = from_state_dict(shapes, metadata)
+        inferred = from_state_dict(shapes, metadata, hint=cfg)
     except (ValueError, TypeError, KeyError) as err:
-        raise ValueError(f"{base.name}: cannot infer the model config ({err}); pass cfg=DiTConfig(...)") from err
+        what = "the cfg passed does not fit it" if cfg is not None else "pass cfg=DiTConfig(...)"
+        raise ValueError(f"{base.name}: cannot infer the model config ({err}); {what}") from err
     cfg = _fit_config(cfg, inferred)
     model = _build_meta_model(cfg)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}

@@ -541,7 +541,7 @@ def test_save_cointeract_checkpoint_writes_the_official_layout(tmp_path):
 
 RSS_SCRIPT = """
 import resource, sys, torch
-from comfyui_cointeract.cointeract_core.checkpoint import load_dit
+from comfyui_cointeract.cointeract_core.weights.checkpoint import load_dit
 
 
 def peak_rss():

@@ -139,7 +139,7 @@ def test_silence_detection(tmp_path):
 
 
 def _log_messages(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name.endswith("media_image")]
+    return [r.getMessage() for r in caplog.records if r.name.endswith("media.image")]
 
 
 def test_rgb_image_is_exact(tmp_path):

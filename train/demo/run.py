@@ -190,8 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of `cointeract demo`."""
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     logging.getLogger().setLevel(logging.INFO)
-    root = __package__.rpartition(".")[0]
-    for noisy in (".train.cache", ".train.data", ".cointeract_core.loudness", ".cointeract_core.toy.bundle"):
+    root = __package__.rsplit(".", 2)[0]  # the pack: comfyui_cointeract.train.demo -> comfyui_cointeract
+    for noisy in (".train.cache", ".train.data", ".cointeract_core.media.loudness", ".cointeract_core.toy.bundle"):
         logging.getLogger(root + noisy).setLevel(logging.WARNING)  # per-clip lines would break the progress bars
     report: dict = {"finished": False, "interrupted": False}
     out, start = Path(args.out), time.monotonic()
