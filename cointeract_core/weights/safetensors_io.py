@@ -250,8 +250,11 @@ def _strip_prefix(entries: dict[str, TensorEntry], name: str) -> tuple[dict[str,
     return entries, ""
 
 
-def open_checkpoint(paths: PathLike | Sequence[PathLike]) -> Checkpoint:
-    """Read the headers of a checkpoint given as a file, a shard, an index.json, a folder, or several of them."""
+def open_checkpoint(paths: PathLike | Sequence[PathLike], strip_prefix: bool = True) -> Checkpoint:
+    """Read the headers of a checkpoint given as a file, a shard, an index.json, a folder, or several of them.
+
+    `strip_prefix=False` keeps every key as stored (LoRA files: their prefixes say what the keys are).
+    """
     paths = [Path(paths)] if isinstance(paths, (str, os.PathLike)) else [Path(p) for p in paths]
     if not paths:
         raise ValueError("no checkpoint path given")
@@ -286,7 +289,7 @@ def open_checkpoint(paths: PathLike | Sequence[PathLike]) -> Checkpoint:
             f"{weight_map[absent[0]].name}; the download is incomplete or mixed, fetch it again"
         )
     name = ", ".join(p.name for p in paths)
-    entries, prefix = _strip_prefix(entries, name)
+    entries, prefix = _strip_prefix(entries, name) if strip_prefix else (entries, "")
     return Checkpoint(name, "sharded" if sharded else "single", tuple(files), entries, metadata, prefix)
 
 
