@@ -11,6 +11,7 @@ import csv
 import dataclasses
 import json
 import logging
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ import torch
 
 from ..media import load_audio, load_image, load_video, write_video
 from ..sampling.sampler import SamplerConfig
+from ..weights.lora_formats import LoRAError
 from .build import InputOptions, build_conditioning
 from .clips import GenerationResult, VideoOptions, generate
 from .heatmaps import overlay_heatmaps
@@ -49,6 +51,7 @@ class Engines:
     vae: Any
     text: Any
     audio: Any
+    loras: tuple[tuple[str, float], ...] = ()  # (file, strength) merged into the model, for the sidecar
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -57,6 +60,15 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dit", nargs="+", help="Wan2.2-S2V DiT: single file, any shard, index or folder")
     g.add_argument("--cointeract", help="CoInteract checkpoint (LoRA + MoE [+ HOI]) merged into the base")
     g.add_argument("--lora-strength", type=float, default=1.0, help="multiplier on the CoInteract LoRA (official 1.0)")
+    g.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        type=_lora_arg,
+        metavar="FILE[:STRENGTH]",
+        help="a Wan / CoInteract LoRA merged into the DiT at STRENGTH (default 1; repeat to stack): kohya, PEFT, "
+        "diffusers, lightx2v (diff / diff_b / diff_m), LoHa, LoKr",
+    )
     g.add_argument("--vae", help="Wan2.1_VAE.pth, ComfyUI wan_2.1_vae.safetensors or diffusers folder")
     g.add_argument("--text-encoder", help="umT5-XXL: HF folder, ComfyUI umt5_xxl file or Wan .pth")
     g.add_argument("--tokenizer", help="umT5 tokenizer folder (google/umt5-xxl) if the text encoder has none")
@@ -64,6 +76,16 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="DiT weight dtype")
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     g.add_argument("--attention", default="sdpa", help="attention backend: sdpa, xformers, flash_attn or auto")
+
+
+def _lora_arg(text: str) -> tuple[str, float]:
+    """argparse type of --lora: `FILE[:STRENGTH]` -> (FILE, strength); the file must exist."""
+    from ..weights.lora_stack import parse_lora_spec
+
+    path, strength = parse_lora_spec(text)
+    if not Path(path).is_file():
+        raise argparse.ArgumentTypeError(f"LoRA file not found: {path}")
+    return path, strength
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
@@ -133,17 +155,27 @@ def load_engines(args: argparse.Namespace) -> Engines:
 
         model, codec, text, audio = load_bundle(args.bundle, args.device, torch.float32)
         model.attention_backend = resolve_backend(args.attention)
-        return Engines(model, codec, text, audio)
+        return Engines(model, codec, text, audio, _apply_loras(model, args.lora))
     from ..encoders import UMT5TextEncoder, WanVAE, Wav2Vec2Features
     from ..model.attention import resolve_backend
     from ..weights.checkpoint import load_dit
 
     model = load_dit(args.dit, args.cointeract, args.lora_strength, DTYPES[args.dtype], args.device)
     model.attention_backend = resolve_backend(args.attention)
+    loras = _apply_loras(model, args.lora)
     vae = WanVAE.from_file(args.vae, device=args.device)
     text = UMT5TextEncoder.from_file(args.text_encoder, args.tokenizer, device=args.device)
     audio = Wav2Vec2Features.from_file(args.audio_encoder, device=args.device)
-    return Engines(model, vae, text, audio)
+    return Engines(model, vae, text, audio, loras)
+
+
+def _apply_loras(model: torch.nn.Module, loras: list[tuple[str, float]]) -> tuple[tuple[str, float], ...]:
+    """Merge the --lora files into the freshly loaded DiT (the files are only read); LoRAError if one does not fit."""
+    if loras:
+        from ..weights.lora_stack import apply_loras
+
+        apply_loras(model, loras)
+    return tuple(loras)
 
 
 def _progress(label: str):
@@ -182,7 +214,7 @@ def run_case(
     start = time.perf_counter()
     result = generate(engines.model, engines.vae, cond, sampler, video, _progress(out.name))
     _write_outputs(result, out, original.waveform, original.sample_rate)
-    sidecar = _sidecar(case, result, sampler, video, inputs, time.perf_counter() - start)
+    sidecar = _sidecar(case, result, sampler, video, inputs, time.perf_counter() - start, engines.loras)
     out.with_suffix(".json").write_text(json.dumps(sidecar, indent=2))
     return sidecar
 
@@ -196,7 +228,7 @@ def _write_outputs(result: GenerationResult, out: Path, audio: torch.Tensor, rat
         write_video(out.with_suffix(".router.mp4"), overlay, result.fps, audio, rate)
 
 
-def _sidecar(case, result, sampler, video, inputs, seconds: float) -> dict:
+def _sidecar(case, result, sampler, video, inputs, seconds: float, loras: tuple = ()) -> dict:
     def plain(obj: Any) -> Any:
         return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(obj).items()}
 
@@ -205,6 +237,7 @@ def _sidecar(case, result, sampler, video, inputs, seconds: float) -> dict:
         "sampler": plain(sampler),
         "video": plain(video),
         "inputs": plain(inputs),
+        "loras": [{"file": str(path), "strength": strength} for path, strength in loras],
         "seeds": result.seeds,
         "clips": len(result.seeds),
         "frames": int(result.frames.shape[0]),
@@ -241,9 +274,18 @@ def main(argv: list[str] | None = None, engines: Engines | None = None) -> int:
         scale=args.scale,
         pose=Path(args.pose_video) if args.pose_video else None,
     )
-    engines = engines or load_engines(args)
+    try:
+        engines = engines or load_engines(args)
+    except LoRAError as err:
+        return _refused(parser.prog, err)
     run_case(engines, case, Path(args.out), *_options(args))
     return 0
+
+
+def _refused(prog: str, err: Exception) -> int:
+    """A LoRA that does not fit: one message on stderr, exit code 2, nothing written."""
+    print(f"{prog}: {err}", file=sys.stderr)
+    return 2
 
 
 def read_demo_csv(path: Path) -> list[Case]:
@@ -288,7 +330,10 @@ def batch_main(argv: list[str] | None = None, engines: Engines | None = None) ->
     todo = [c for c in cases if not (out_dir / f"{c.audio.stem}.mp4").exists()]
     log.info("%d rows, %d already done", len(cases), len(cases) - len(todo))
     if todo:
-        engines = engines or load_engines(args)
+        try:
+            engines = engines or load_engines(args)
+        except LoRAError as err:
+            return _refused(parser.prog, err)
     for case in todo:
         run_case(engines, case, out_dir / f"{case.audio.stem}.mp4", *_options(args))
     return 0
