@@ -5,7 +5,9 @@ model and copies the patch lists, so a clone with LoRA patches never changes wha
 `load()` moves the model to the load device and swaps each patched parameter for a new tensor (original kept
 aside), `unload()` puts the originals back and moves the model to the offload device: the weights of the
 model itself are never written. Patches use ComfyUI's shapes: `(strength, ("lora", (up, down)))` adds
-strength·(up @ down) to the weight, `(strength, ("set", (tensor,)))` replaces it.
+strength·(up @ down) to the weight, `(strength, ("set", (tensor,)))` replaces it, and `(strength, ("update",
+(update,)))` adds strength·ΔW of a core `lora_delta.Update` (any LoRA layout; ComfyUI gets its own adapters).
+All of a weight's patches are summed in float64 and rounded once (`lora_stack.merged_weight`).
 """
 
 from __future__ import annotations
@@ -16,23 +18,28 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..cointeract_core.weights.lora_delta import Update
+from ..cointeract_core.weights.lora_stack import merged_weight
+
 log = logging.getLogger(__name__)
 
 __all__ = ["FallbackPatcher"]
 
 
-def _patched(weight: torch.Tensor, patches: list[tuple[float, tuple[str, tuple]]]) -> torch.Tensor:
-    """A new tensor: `weight` with `patches` applied in order, computed in float32, stored in weight's dtype."""
-    out = weight.detach().float().clone()
-    for strength, (kind, tensors) in patches:
-        if kind == "set":
-            out.copy_(tensors[0].to(out))
-        elif kind == "lora":
-            up, down = (t.to(out.device, torch.float32) for t in tensors)
-            out += strength * (up.flatten(1) @ down.flatten(1)).view_as(out)
-        else:
-            raise ValueError(f"unknown patch kind {kind!r} (expected 'lora' or 'set')")
-    return out.to(weight.dtype)
+def _as_update(key: str, kind: str, tensors: tuple) -> Update:
+    """A patch value as a core Update."""
+    if kind == "set":
+        return Update(key, "set", {"set_weight": tensors[0]})
+    if kind == "lora":
+        return Update(key, "lora", {"lora_up.weight": tensors[0], "lora_down.weight": tensors[1]})
+    if kind == "update":
+        return tensors[0]
+    raise ValueError(f"unknown patch kind {kind!r} (expected 'lora', 'set' or 'update')")
+
+
+def _patched(key: str, weight: torch.Tensor, patches: list[tuple[float, tuple[str, tuple]]]) -> torch.Tensor:
+    """A new tensor: `weight` with `patches` applied in order, summed in float64, stored in weight's dtype."""
+    return merged_weight(weight, [(strength, _as_update(key, *value)) for strength, value in patches])
 
 
 class FallbackPatcher:
@@ -58,7 +65,8 @@ class FallbackPatcher:
         return getattr(other, "model", None) is self.model
 
     def add_patches(self, patches: dict[str, tuple[str, tuple]], strength_patch: float = 1.0) -> list[str]:
-        """Record patches {parameter name: ("lora", (up, down)) | ("set", (tensor,))}; returns the names used."""
+        """Record patches {parameter name: ("lora", (up, down)) | ("set", (tensor,)) | ("update", (Update,))};
+        returns the names used."""
         names = dict(self.model.named_parameters())
         for key, value in patches.items():
             if key not in names:
@@ -79,7 +87,7 @@ class FallbackPatcher:
             module = self.model.get_submodule(owner)
             original = module._parameters[name]
             self._backup[key] = original
-            module._parameters[name] = nn.Parameter(_patched(original, patches), requires_grad=False)
+            module._parameters[name] = nn.Parameter(_patched(key, original, patches), requires_grad=False)
         self.loaded = True
         _ACTIVE[id(self.model)] = [self]
         return self.model

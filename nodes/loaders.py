@@ -9,8 +9,10 @@ import torch
 
 from ..cointeract_core.model.attention import resolve_backend
 from ..cointeract_core.toy.bundle import is_bundle, load_bundle
-from ..cointeract_core.weights.checkpoint import load_dit, read_state_dict
+from ..cointeract_core.weights.checkpoint import load_dit, open_checkpoint, read_state_dict
 from ..cointeract_core.weights.finetune import finetune_updates
+from ..cointeract_core.weights.lora_delta import Update
+from ..cointeract_core.weights.lora_formats import is_finetune, read_lora
 from . import services
 from .types import COINTERACT_MODEL
 
@@ -105,8 +107,11 @@ class CoInteractModelLoader:
 class CoInteractLoRA:
     CATEGORY = "CoInteract/loaders"
     DESCRIPTION = (
-        "Applies a finetune made by `cointeract train` (official CoInteract layout, in models/loras) to a copy of the "
-        "model: its LoRA is added at `strength`, its fully trained parts (MoE, HOI) replace the model's. The loaded "
+        "Applies a LoRA from models/loras to a copy of the model, at `strength`. Takes Wan2.1 / Wan2.2 14B and "
+        "Wan2.2-S2V LoRAs in any common layout (kohya / musubi-tuner, PEFT, diffusers, lightx2v with diff / diff_b / "
+        "diff_m, LyCORIS LoHa / LoKr) and finetunes made by `cointeract train` (official CoInteract layout: their "
+        "fully trained MoE / HOI parts replace the model's). Keys that fit no module of the model (e.g. an I2V "
+        "LoRA's image layers) are listed in one warning; a LoRA none of whose keys fits is refused. The loaded "
         "weights are never changed, so other nodes using the same model are unaffected. Chain several to stack them."
     )
     RETURN_TYPES = (COINTERACT_MODEL,)
@@ -118,9 +123,11 @@ class CoInteractLoRA:
     def INPUT_TYPES(cls) -> dict:
         return {
             "required": {
-                "model": (COINTERACT_MODEL, {"tooltip": "From CoInteract Model Loader (or another CoInteract LoRA)."}),
-                "lora_name": (_choices(FINETUNE_FOLDER), {"tooltip": "A finetune exported by `cointeract train`, in "
-                              "models/loras."}),  # fmt: skip
+                "model": (COINTERACT_MODEL, {"tooltip": "From CoInteract Model Loader (or another CoInteract LoRA: "
+                          "chain several nodes to stack LoRAs, each at its own strength)."}),  # fmt: skip
+                "lora_name": (_choices(FINETUNE_FOLDER), {"tooltip": "A LoRA in models/loras: Wan / Wan2.2-S2V "
+                              "(kohya, PEFT, diffusers, lightx2v, LoHa, LoKr) or a finetune exported by "
+                              "`cointeract train`."}),  # fmt: skip
                 "strength": ("FLOAT", {"default": 1.0, "min": -2.0, "max": 2.0, "step": 0.05,
                              "tooltip": "LoRA strength (1.0 = as trained; 0 leaves the model as it is)."}),
             }
@@ -132,11 +139,17 @@ class CoInteractLoRA:
         path = services.model_file_path(FINETUNE_FOLDER, lora_name)
         dit = model.model
         params = {k: tuple(v.shape) for k, v in dit.named_parameters()}
+        if not is_finetune(list(open_checkpoint(path, strip_prefix=False).entries)):
+            patched = model.clone()
+            count = services.add_update_patches(patched, read_lora(path, params, name=lora_name), strength)
+            log.info("CoInteract: %s patches %d weights at strength %g", lora_name, count, strength)
+            return (patched,)
         updates = finetune_updates(read_state_dict(path)[0], params, dit.cfg.moe is not None, name=lora_name)
         patched = model.clone()
         patches = {key: services.lora_patch(up, down) for key, (up, down) in updates.lora.items()}
         patched.add_patches(patches, strength)
-        patched.add_patches({key: services.set_patch(t) for key, t in updates.full.items()}, 1.0)
+        full = {key: Update(key, "set", {"set_weight": t}) for key, t in updates.full.items()}
+        services.add_update_patches(patched, full, 1.0)  # parameters ComfyUI does not patch become object patches
         log.info("CoInteract: %s adds %d LoRA and %d full tensors", lora_name, len(updates.lora), len(updates.full))
         return (patched,)
 

@@ -19,6 +19,8 @@ from typing import Any, Protocol
 
 import torch
 
+from ..cointeract_core.weights.lora_delta import Update, to_kohya_state_dict
+from ..cointeract_core.weights.lora_stack import merged_weight
 from ._patcher import FallbackPatcher
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,7 @@ __all__ = [
     "intermediate_device",
     "latent_preview_callback",
     "load_model",
+    "add_update_patches",
     "lora_patch",
     "release_model",
     "set_patch",
@@ -331,6 +334,40 @@ def lora_patch(up: torch.Tensor, down: torch.Tensor) -> Any:
         adapter = importlib.import_module("comfy.weight_adapter.lora").LoRAAdapter
         return adapter(set(), (up, down, None, None, None, None))
     return ("lora", (up, down))
+
+
+def add_update_patches(patcher: Any, updates: dict[str, Update], strength: float) -> int:
+    """Add core updates {parameter: Update} (LoRA of any layout, or `set`) to `patcher` at `strength`; returns how
+    many. Inside ComfyUI its own loader builds the patches (`comfy.lora.load_lora` over the updates written in
+    kohya / LyCORIS keys, so its adapters compute and offload them, DoRA included); parameters its ModelPatcher
+    never patches become object patches. Outside, ("update", (Update,)) patches for FallbackPatcher."""
+    if not comfy_available():
+        return len(patcher.add_patches({k: ("update", (u,)) for k, u in updates.items()}, strength))
+    skipped = _unpatched_by_comfy(patcher.model)
+    weights = {k: u for k, u in updates.items() if k not in skipped and u.kind != "set"}
+    sets = {k: set_patch(u.tensors["set_weight"]) for k, u in updates.items() if k not in skipped and u.kind == "set"}
+    state_dict, key_map = to_kohya_state_dict(weights)
+    patches = importlib.import_module("comfy.lora").load_lora(state_dict, key_map, log_missing=False)
+    lost = sorted(set(weights) - set(patches))
+    if lost:
+        raise RuntimeError(f"ComfyUI's LoRA loader built no patch for {len(lost)} updates, e.g. {lost[0]}")
+    patcher.add_patches({**patches, **sets}, strength)
+    for key in sorted(set(updates) & skipped):  # computed now from the weights as this patcher sees them
+        current = patcher.get_model_object(key).detach()
+        new = merged_weight(current, [(strength, updates[key])])
+        patcher.add_object_patch(key, torch.nn.Parameter(new, requires_grad=False))
+    return len(updates)
+
+
+def _unpatched_by_comfy(model: torch.nn.Module) -> set[str]:
+    """Parameters ComfyUI's ModelPatcher never patches: those held by a module that also has sub-modules with
+    parameters (its `_load_list` skips such modules), e.g. `blocks.N.modulation`, `head.modulation`."""
+    out = set()
+    for name, module in model.named_modules():
+        own = [n for n, _ in module.named_parameters(recurse=False)]
+        if own and len(list(module.parameters())) > len(own):
+            out.update(f"{name}.{n}" if name else n for n in own)
+    return out
 
 
 def set_patch(tensor: torch.Tensor) -> tuple[str, tuple[torch.Tensor]]:
