@@ -306,18 +306,20 @@ def lora_format(shapes: Mapping[str, Sequence[int]], metadata: Mapping[str, str]
         fmt, text = "loha", "LyCORIS LoHa (hada_w1 / hada_w2)"
     elif has & {r for r, k in ROLE_KIND.items() if k == "lokr"}:
         fmt, text = "lokr", "LyCORIS LoKr (lokr_w1 / lokr_w2)"
-    elif has & {"diff", "diff_b", "diff_m"}:
-        fmt, text = "lightx2v", "lightx2v-style (lora_up / lora_down plus full diff / diff_b / diff_m deltas)"
     elif any(underscore for _, underscore in split.values()):
         fmt, text = "kohya", "kohya / musubi-tuner (lora_unet_ underscore names, lora_down / lora_up)"
     elif uses_diffusers_names(modules):
         fmt, text = "diffusers", "diffusers (attn1.to_q / ffn.net names, PEFT lora_A / lora_B)"
+    elif has & {"diff", "diff_b", "diff_m"}:
+        fmt, text = "lightx2v", "lightx2v-style (lora_up / lora_down plus full diff / diff_b / diff_m deltas)"
     elif peft:
         fmt, text = "peft", "PEFT (lora_A / lora_B under Wan module names)"
     elif "lora_down.weight" in has:
         fmt, text = "kohya", "kohya-style lora_down / lora_up under Wan module names (ComfyUI, ai-toolkit)"
     else:
         fmt, text = "unknown", "no LoRA keys"
+    if fmt not in ("lightx2v", "official") and has & {"diff", "diff_b", "diff_m"}:
+        text += ", plus full diff deltas"
     return {
         "format": fmt,
         "description": text,
