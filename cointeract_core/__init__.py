@@ -31,6 +31,7 @@ _PUBLIC: dict[str, tuple[str, str | None]] = {
     "save_dit": ("weights.checkpoint", "save_dit"),
     "load_dit_fp8": ("weights.fp8_load", "load_dit_fp8"),
     "merge_lora": ("weights.lora", "merge_lora"),
+    "apply_loras": ("weights.lora_stack", "apply_loras"),
     "SamplerConfig": ("sampling.sampler", "SamplerConfig"),
     "Conditioning": ("pipeline.conditioning", "Conditioning"),
     "VideoOptions": ("pipeline.clips", "VideoOptions"),

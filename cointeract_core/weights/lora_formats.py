@@ -29,7 +29,7 @@ from .safetensors_io import PathLike, open_checkpoint
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LoRAError", "LoRAPlan", "plan_lora", "read_lora", "lora_format", "is_finetune"]
+__all__ = ["LoRAError", "LoRAPlan", "Group", "plan_lora", "build_updates", "read_lora", "lora_format", "is_finetune"]
 
 LoRASource = PathLike | Mapping[str, torch.Tensor]
 _MODIFIERS = ("alpha", "dora_scale")

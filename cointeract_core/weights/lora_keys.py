@@ -14,7 +14,16 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 
-__all__ = ["ModelNames", "split_key", "strip_prefix", "uses_diffusers_names", "wan_name", "ROLE_KIND"]
+__all__ = [
+    "ModelNames",
+    "split_key",
+    "strip_prefix",
+    "uses_diffusers_names",
+    "from_diffusers",
+    "to_diffusers",
+    "wan_name",
+    "ROLE_KIND",
+]
 
 DOTTED_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "transformer.", "base_model.model.", "pipe.dit.")
 UNDERSCORE_PREFIXES = ("lora_unet__", "lora_unet_", "lycoris_", "lora_transformer_")
