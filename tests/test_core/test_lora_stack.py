@@ -4,6 +4,7 @@ strength 0 leaves the model bit for bit, and a file that cannot apply changes no
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -127,3 +128,17 @@ def test_strength_zero_skips_the_file_and_a_bad_file_changes_nothing(model, tmp_
 )
 def test_lora_spec_takes_only_a_trailing_number_as_strength(spec, expected):
     assert parse_lora_spec(spec) == expected
+
+
+def test_a_trainer_export_merges_its_lora_and_replaces_its_trained_parts(model):
+    gen = torch.Generator().manual_seed(5)
+    router = torch.randn_like(model.blocks[0].ffn.router[3].weight)
+    a, b = torch.randn(2, 64, generator=gen), torch.randn(64, 2, generator=gen)
+    export = {"blocks.0.ffn.router.3.weight": router, f"{Q}.lora_A.default.weight": a, f"{Q}.lora_B.default.weight": b}
+    m = copy.deepcopy(model)
+    assert apply_loras(m, [(export, 0.5)]) == ["blocks.0.ffn.router.3.weight", f"{Q}.weight"]
+    assert torch.equal(m.blocks[0].ffn.router[3].weight, router)  # trained in full: replaced, whatever the strength
+    expected = (model.blocks[0].self_attn.q.weight.double() + 0.5 * (b.double() @ a.double())).float()
+    assert torch.equal(m.blocks[0].self_attn.q.weight, expected)
+    with pytest.raises(LoRAError, match="MoE"):  # the official strictness: parts the model lacks are named
+        apply_loras(CoInteractDiT(dataclasses.replace(PRESETS["tiny_cointeract"], moe=None)), [(export, 1.0)])
