@@ -41,7 +41,7 @@ BlocksHook = Callable[[torch.Tensor, BlocksFn], tuple[torch.Tensor, torch.Tensor
 class StepCacheConfig:
     """Options of the step cache: skip threshold τ, first skippable step, last steps kept full, skip-run cap."""
 
-    threshold: float = 0.1  # on the accumulated predicted relative change E; 0 never skips
+    threshold: float = 0.05  # on the accumulated predicted relative change E (EasyCache's Wan default); 0: no skip
     start_step: int = 10  # steps 0 .. start_step − 1 always run in full (warm-up; k needs two full steps)
     end_steps_full: int = 2  # the last steps always run in full
     max_consecutive: int | None = 3  # at most this many skipped steps in a row; None: no cap
