@@ -13,10 +13,13 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from .errors import user_errors
+
 log = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The options of `cointeract train`."""
     parser = argparse.ArgumentParser(
         prog="cointeract train",
         description="Two-stage CoInteract training (stage 1 full attention, stage 2 asymmetric) from a TOML config. "
@@ -33,31 +36,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a config field, e.g. --set stages.0.steps=100 (repeatable; values in TOML syntax)",
     )
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging; tracebacks with errors")
     return parser
 
 
+@user_errors("cointeract train", "interrupted; run the same command again to resume from the newest checkpoint")
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments, load and validate the config, train; returns the exit code."""
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.verbose:
+        logging.getLogger().setLevel(logging.DEBUG)
     from .config import load_config  # noqa: PLC0415 - keep `--help` fast
 
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"cointeract train: {err}", file=sys.stderr)
-        return 2
+    cfg = load_config(args.config, args.overrides)
     if args.print_config:
         print(json.dumps(dataclasses.asdict(cfg), indent=2))
         return 0
-    from .loop import TrainingDiverged, train  # noqa: PLC0415 - imports torch, accelerate and peft
+    from .loop import train  # noqa: PLC0415 - imports torch, accelerate and peft
 
-    try:
-        result = train(cfg)
-    except TrainingDiverged as err:
-        log.error("%s", err)
-        return 1
+    result = train(cfg)
     log.info("done: %d steps; exports %s", result.steps, ", ".join(str(p) for p in result.exports))
     return 0
 

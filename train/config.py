@@ -8,6 +8,7 @@ line with `--set a.b=c` (`--set stages.1.lr=2e-5`, `--set loss.preset=paper`). T
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 import sys
@@ -69,6 +70,11 @@ class ModelConfig:
     base_dtype: Literal["fp32", "bf16", "fp16"] = "bf16"  # frozen weights; trainable ones are always fp32
     attention_backend: str = "auto"
     gradient_checkpointing: bool = True
+
+    def __post_init__(self) -> None:
+        from ..cointeract_core.model.config import PRESETS  # noqa: PLC0415 - torch; config files load without it
+
+        _check(self.preset in PRESETS, f"model.preset = {self.preset!r}; choose one of {sorted(PRESETS)}")
 
 
 @dataclass(frozen=True)
@@ -316,7 +322,40 @@ def config_from_dict(raw: dict) -> TrainConfig:
             {**s, "loss": _resolve_loss(s["loss"], f"stages.{i}.loss")} if isinstance(s, dict) and "loss" in s else s
             for i, s in enumerate(raw["stages"])
         ]
-    return _build(TrainConfig, raw, "config")
+    cfg = _build(TrainConfig, raw, "config")
+    _check_lora_targets(cfg)
+    return cfg
+
+
+@functools.lru_cache(maxsize=8)
+def _linear_suffixes(preset: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(names of every nn.Linear of the preset's DiT, their short forms without block / injector indices)."""
+    import torch  # noqa: PLC0415 - the model is built on the meta device: no memory, no weights
+
+    from ..cointeract_core.model.config import PRESETS  # noqa: PLC0415
+    from ..cointeract_core.model.dit import CoInteractDiT  # noqa: PLC0415
+
+    with torch.device("meta"):
+        model = CoInteractDiT(PRESETS[preset])
+    names = tuple(n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear))
+
+    def short(name: str) -> str:  # blocks.3.self_attn.q -> self_attn.q; injector.0.q -> q
+        parts = name.split(".")
+        cut = max((i for i, p in enumerate(parts[:-1]) if p.isdigit()), default=-1)
+        return ".".join(parts[cut + 1 :])
+
+    return names, tuple(sorted({short(n) for n in names}))
+
+
+def _check_lora_targets(cfg: TrainConfig) -> None:
+    """Every lora.targets entry must name the end of some nn.Linear of the model (PEFT suffix matching)."""
+    names, choices = _linear_suffixes(cfg.model.preset)
+    bad = [t for t in cfg.lora.targets if not any(n == t or n.endswith("." + t) for n in names)]
+    _check(
+        not bad,
+        f"lora.targets {bad} match no linear layer of model.preset {cfg.model.preset!r}; a target is the end of a "
+        f"layer name, e.g. one of {list(choices)} (official: {list(OFFICIAL_LORA_TARGETS)})",
+    )
 
 
 def _build(cls: type, raw: Any, where: str) -> Any:

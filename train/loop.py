@@ -38,6 +38,7 @@ from .checkpoints import (
     save_checkpoint,
 )
 from .config import LossConfig, TrainConfig, config_to_toml, train_config_to_json
+from .errors import UserError
 from .export import export_state_dict
 from .lora_peft import inject_lora
 from .losses import FlowSchedule, LossParts, flow_loss, router_counts, router_loss, router_summary, total_loss
@@ -58,7 +59,7 @@ __all__ = [
 ]
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(UserError):
     """The loss or the gradient became NaN / inf; the last good checkpoint is kept."""
 
 
