@@ -13,7 +13,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from .errors import user_errors
+from .errors import UserError, user_errors
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="cointeract train",
         description="Two-stage CoInteract training (stage 1 full attention, stage 2 asymmetric) from a TOML config. "
         "Multi-GPU: accelerate launch [--config_file train/accelerate_configs/ddp.yaml] -m comfyui_cointeract.train "
-        "CONFIG. Re-running with the same runtime.output_dir resumes from the newest checkpoint.",
+        "CONFIG. Re-running with the same runtime.output_dir resumes from the newest intact checkpoint; a config "
+        "change that alters the run is refused unless --force.",
     )
     parser.add_argument("config", help="TOML training config (see train/example_config.toml)")
     parser.add_argument(
@@ -36,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a config field, e.g. --set stages.0.steps=100 (repeatable; values in TOML syntax)",
     )
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+    parser.add_argument(
+        "--force", action="store_true", help="resume even though the config changed in a way that alters the run"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging; tracebacks with errors")
     return parser
 
@@ -56,7 +60,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     from .loop import train  # noqa: PLC0415 - imports torch, accelerate and peft
 
-    result = train(cfg)
+    result = train(cfg, force=args.force)
+    missing = [str(p) for p in result.exports if not p.is_file()]
+    if missing:  # a finished stage's export was deleted and its checkpoint is gone (see the warning above)
+        raise UserError(f"the run finished at step {result.steps}, but {', '.join(missing)} cannot be made again")
     log.info("done: %d steps; exports %s", result.steps, ", ".join(str(p) for p in result.exports))
     return 0
 
