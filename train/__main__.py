@@ -40,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--force", action="store_true", help="resume even though the config changed in a way that alters the run"
     )
+    parser.add_argument(
+        "--cache-only",
+        action="store_true",
+        help="build the latent cache of [data.encode] (one process) and exit; then launch the training",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging; tracebacks with errors")
     return parser
 
@@ -57,6 +62,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = load_config(args.config, args.overrides)
     if args.print_config:
         print(json.dumps(dataclasses.asdict(cfg), indent=2))
+        return 0
+    if args.cache_only:
+        from .cache_build import build_configured_cache  # noqa: PLC0415
+
+        if not cfg.data.encode.source:
+            raise UserError("--cache-only needs data.encode.source (the data.csv of `cointeract prepare`)")
+        build_configured_cache(cfg.data, cfg.model.preset)
+        log.info("latent cache %s is ready", cfg.data.path)
         return 0
     from .loop import train  # noqa: PLC0415 - imports torch, accelerate and peft
 

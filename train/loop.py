@@ -1,10 +1,11 @@
 """Two-stage CoInteract training on accelerate: one process, DDP, FSDP or DeepSpeed, from an accelerate config.
 
 Reads top to bottom like DiT's train.py: accelerator -> the output folder's lock (lock.py) -> the resume plan
-(intact checkpoint, config changes, environment: resume.py) -> model (frozen base + PEFT LoRA + MoE / HOI in
-full) -> data -> AdamW + LR schedule -> resume, and missing stage exports written again -> the loop over global
-steps, where the stage (attention mode, lr, trainable set, HOI stream) is looked up as data -> metrics,
-official-layout exports, then atomic checkpoints (saving.py).
+(intact checkpoint, config changes, environment: resume.py) -> the latent cache, built when the config asks
+(cache_build.py) -> model (frozen base + PEFT LoRA + MoE / HOI in full) -> data -> AdamW + LR schedule -> resume,
+and missing stage exports written again -> the loop over global steps, where the stage (attention mode, lr,
+trainable set, HOI stream) is looked up as data -> metrics, official-layout exports, then atomic checkpoints
+(saving.py).
 
 Every random choice for a sample comes from a generator seeded by (seed, step, global slot) and the sample order
 is a fixed stream (`sampling.py`): a resumed run repeats an uninterrupted one exactly, and N processes see the
@@ -29,6 +30,7 @@ from torch import nn
 
 from ..cointeract_core.model.dit import DiTOutput
 from .builders import DTYPES, build_dataset, build_model, load_start_checkpoint
+from .cache_build import ensure_cache
 from .checkpoints import RunState, keep_trainable_only, latest_checkpoint, read_meta
 from .config import LossConfig, TrainConfig, config_to_toml
 from .errors import UserError
@@ -69,7 +71,7 @@ class TrainResult:
 def train(cfg: TrainConfig, dataset: Sequence[TrainSample] | None = None, *, force: bool = False) -> TrainResult:
     """Run every stage of `cfg`, resuming from the newest intact checkpoint in runtime.output_dir when there is one.
 
-    `dataset` replaces the one `cfg.data` describes.
+    `dataset` replaces the one `cfg.data` describes (else the latent cache, built first when `[data.encode]` asks).
     A resume refuses a config change that alters the run unless `force` (resume.py). One trainer per output folder
     (lock.py). accelerate keeps one state per process: runs in the same process must use the same
     runtime.mixed_precision and runtime.cpu.
@@ -88,6 +90,8 @@ def train(cfg: TrainConfig, dataset: Sequence[TrainSample] | None = None, *, for
 def _train(accelerator, cfg: TrainConfig, out: Path, dataset: Sequence[TrainSample] | None, force: bool):
     """`train` with the output folder locked: resume plan, model, data, optimizer, then the loop over steps."""
     latest = plan_resume(accelerator, cfg, out / "checkpoints", force)
+    if dataset is None:
+        ensure_cache(accelerator, cfg.data, cfg.model.preset)
     if accelerator.is_main_process:  # the resolved config, to rerun or resume with
         _write_text(out / "config.toml", config_to_toml(cfg))
     torch.manual_seed(cfg.runtime.seed)
