@@ -87,7 +87,7 @@ def train(cfg: TrainConfig, dataset: Sequence[TrainSample] | None = None, *, for
             lock.release()
 
 
-def _train(accelerator, cfg: TrainConfig, out: Path, dataset: Sequence[TrainSample] | None, force: bool):
+def _train(accelerator, cfg: TrainConfig, out: Path, dataset: Sequence[TrainSample] | None, force: bool) -> TrainResult:
     """`train` with the output folder locked: resume plan, model, data, optimizer, then the loop over steps."""
     latest = plan_resume(accelerator, cfg, out / "checkpoints", force)
     if dataset is None:
