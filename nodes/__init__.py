@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "NODE_MODULES", "collect_node_mappings"]
 
 # Node modules of this package, in menu order. Add a module here and its nodes are registered.
-NODE_MODULES: tuple[str, ...] = ("loaders", "conditioning", "sampling", "toy")
+NODE_MODULES: tuple[str, ...] = ("loaders", "conditioning", "sampling", "step_cache", "toy")
 
 
 def _is_own_module(module: str, package: str) -> bool:

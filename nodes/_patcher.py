@@ -12,6 +12,7 @@ All of a weight's patches are summed in float64 and rounded once (`lora_stack.me
 
 from __future__ import annotations
 
+import copy
 import logging
 from typing import Any
 
@@ -50,14 +51,16 @@ class FallbackPatcher:
         self.load_device = load_device
         self.offload_device = offload_device
         self.patches: dict[str, list[tuple[float, tuple[str, tuple]]]] = {}
+        self.model_options: dict[str, Any] = {"transformer_options": {}}  # run options; clone() copies them
         self.parent: FallbackPatcher | None = None
         self.loaded = False
         self._backup: dict[str, nn.Parameter] = {}
 
     def clone(self) -> FallbackPatcher:
-        """A patcher over the same model with its own copy of the patch lists."""
+        """A patcher over the same model with its own copy of the patch lists and model_options (as ComfyUI's)."""
         n = FallbackPatcher(self.model, self.load_device, self.offload_device)
         n.patches = {k: list(v) for k, v in self.patches.items()}
+        n.model_options = copy.deepcopy(self.model_options)
         n.parent = self
         return n
 

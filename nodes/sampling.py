@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -15,6 +16,7 @@ from ..cointeract_core.pipeline.heatmaps import overlay_heatmaps
 from ..cointeract_core.sampling.sampler import SamplerConfig
 from . import services
 from .adapters import ComfyVAE
+from .step_cache import step_cache_options
 from .types import (
     COINTERACT_AUDIO,
     COINTERACT_MODEL,
@@ -133,6 +135,7 @@ class CoInteractSampler:
             dit.cfg, cond, hoi_preview=hoi_preview, router_maps=router_heatmaps, max_clips=opts.max_clips
         )
         sampler = SamplerConfig(steps=steps, shift=shift, cfg=cfg, seed=seed)
+        sampler = dataclasses.replace(sampler, cache=step_cache_options(model))  # from CoInteract Step Cache
         memory = _memory_estimate(dit, references, opts)
         cvae = ComfyVAE(vae, after_call=lambda: services.load_model(model, memory))
         if cvae.latent_channels != dit.cfg.in_dim:

@@ -124,4 +124,6 @@ def build_dataset(cfg: DataConfig, dit_cfg: DiTConfig) -> Sequence[TrainSample]:
     dataset = factory(cfg.path)
     if len(dataset) == 0:
         raise ValueError(f"the dataset at {cfg.path} has no samples")
+    if cfg.kind == "cache":
+        module.check_model_fit(dataset.config, dit_cfg)
     return dataset

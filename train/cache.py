@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from ..cointeract_core.media.fileio import atomic_output
+from ..cointeract_core.model.config import DiTConfig
 from ..cointeract_core.pipeline.conditioning import HOI_PREFIX, resample_features
 from ..cointeract_core.pipeline.protocols import AudioEncoder, TextEncoder, VideoVAE
 from ..cointeract_core.weights.safetensors_io import write_safetensors
@@ -33,7 +34,16 @@ from .sample import TrainSample
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FORMAT", "VERSION", "build_cache", "encode_clip", "CachedDataset", "CacheError", "ShortAudioError"]
+__all__ = [
+    "FORMAT",
+    "VERSION",
+    "build_cache",
+    "encode_clip",
+    "CachedDataset",
+    "CacheError",
+    "ShortAudioError",
+    "check_model_fit",
+]
 
 FORMAT, VERSION = "cointeract-latent-cache", 1
 MANIFEST, SHARED = "manifest.json", "shared.safetensors"
@@ -145,7 +155,8 @@ def _read_manifest(out_dir: Path) -> dict[str, Any]:
         manifest = json.loads(path.read_text())
     except FileNotFoundError:
         raise CacheError(
-            f"{out_dir} has no {MANIFEST}: it is not a latent cache (build one with build_cache)"
+            f"{out_dir} has no {MANIFEST}: it is not a latent cache. To have `cointeract train` build it, set "
+            "data.encode.source to the data.csv of `cointeract prepare` and name the encoders in [data.encode]"
         ) from None
     except json.JSONDecodeError as err:
         raise CacheError(f"{path} is not valid JSON ({err}); delete the folder and build the cache again") from None
@@ -233,8 +244,12 @@ def build_cache(
     shard_size: int = 32,
     dtype: torch.dtype = torch.bfloat16,
     dit_patch: int = 2,
+    source: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Encode every row of `dataset` once into `out_dir` (resumable; run it on one process); returns the manifest."""
+    """Encode every row of `dataset` once into `out_dir` (resumable; run it on one process); returns the manifest.
+
+    `source` (e.g. the CSV's path and sha256) is stored in the manifest once every row is done: it marks the cache
+    complete for that CSV."""
     if dataset.patch != vae.spatial_factor * dit_patch:
         raise ValueError(
             f"the dataset's labels use {dataset.patch}-pixel tokens but the VAE and DiT give "
@@ -248,6 +263,11 @@ def build_cache(
             empty, hoi_empty = text_encoder.encode(["", HOI_PREFIX])
         shared = {"empty_prompt": empty, "hoi_empty_prompt": hoi_empty}
         write_safetensors(out / SHARED, {k: v.detach().cpu().to(dtype) for k, v in shared.items()}, {"format": FORMAT})
+    keys = {row.key for row in dataset.rows}
+    stale = [s for s in manifest["samples"] if s["key"] not in keys]
+    if stale:  # rows edited or removed since: their tensors stay in the shards but are no longer listed
+        log.info("cache: %d cached samples are no longer rows of the dataset; dropped from the manifest", len(stale))
+        manifest["samples"] = [s for s in manifest["samples"] if s["key"] in keys]
     done = {s["key"] for s in manifest["samples"]}
     dropped = [{"row": r, "reason": c, "message": m} for r, c, m in dataset.report().dropped]
     writer = _ShardWriter(out, manifest, shard_size, dtype)
@@ -261,9 +281,27 @@ def build_cache(
                 dropped.append({"row": row.index, "reason": result[0], "message": result[1], "key": row.key})
     writer.flush()
     manifest["dropped"], manifest["dataset"] = dropped, dataset.report().summary()
+    if source is not None:
+        manifest["source"] = source
     _write_json(out / MANIFEST, manifest)
     log.info("cache %s: %d samples, %d rows dropped", out, len(manifest["samples"]), len(dropped))
     return manifest
+
+
+def check_model_fit(config: dict[str, Any], dit: DiTConfig) -> None:
+    """CacheError when the cache's encoders give other widths than the DiT takes (latent channels, text, audio)."""
+    pairs = {
+        "latent channels (VAE -> model in_dim)": (config["vae"]["latent_channels"], dit.in_dim),
+        "text width (text encoder -> model text_dim)": (config["text_encoder"]["text_dim"], dit.text_dim),
+        "audio layers (audio encoder -> model audio_layers)": (config["audio_encoder"]["num_layers"], dit.audio_layers),
+        "audio width (audio encoder -> model audio_dim)": (config["audio_encoder"]["feature_dim"], dit.audio_dim),
+    }
+    bad = [f"{what}: {got} vs {want}" for what, (got, want) in pairs.items() if got is not None and got != want]
+    if bad:
+        raise CacheError(
+            f"the latent cache does not fit the model ({'; '.join(bad)}); build the cache with the encoders of "
+            "this model, or choose the model.preset the cache was built for"
+        )
 
 
 class CachedDataset(torch.utils.data.Dataset):

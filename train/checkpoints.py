@@ -1,8 +1,11 @@
 """Training-state checkpoints: atomic accelerate-state folders, keep-last-N, resume lookup, the run's position.
 
 A checkpoint is `checkpoints/step-NNNNNNNN/`, written by `accelerator.save_state` into `.tmp-step-NNNNNNNN/`,
-fsynced, completed with `meta.json`, then renamed into place; a crash or a full disk at any point leaves either
-the complete folder or no folder of that name (a leftover `.tmp-*` is removed at the next start). The model part
+completed with `meta.json` (written last; it lists the size and sha256 of every other file), fsynced, then renamed
+into place; a crash or a full disk at any point leaves either the complete folder or no folder of that name (a
+leftover `.tmp-*` is removed at the next start). A resume takes the newest checkpoint whose files match their
+checksums: a truncated or changed file is found, that checkpoint is set aside as `corrupt-step-NNNNNNNN` with a
+warning, and the previous one is used; when none is left, the run refuses and says what to delete. The model part
 holds only the trainable weights (the frozen base is rebuilt from the config); the optimizer, scheduler, every
 process's RNG and the run position (`RunState`: global step, which also fixes the stage and the data position)
 come back through `accelerator.load_state`.
@@ -10,6 +13,7 @@ come back through `accelerator.load_state`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -17,6 +21,8 @@ import re
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+
+from .errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +35,15 @@ __all__ = [
     "save_checkpoint",
     "prune_checkpoints",
     "read_meta",
+    "file_checksums",
+    "verify_checkpoint",
+    "usable_checkpoint",
     "META",
 ]
 
 META = "meta.json"
 TMP_PREFIX = ".tmp-"
+CORRUPT_PREFIX = "corrupt-"
 _NAME = re.compile(r"^step-(\d{8})$")
 
 
@@ -117,6 +127,7 @@ def save_checkpoint(accelerator, root: Path, step: int, meta: dict) -> Path:
         accelerator.save_state(str(tmp))
         accelerator.wait_for_everyone()
         if main:
+            meta = {**meta, "files": file_checksums(tmp)}
             (tmp / META).write_text(json.dumps(meta, sort_keys=True), encoding="utf-8")
             _fsync_tree(tmp)
             if final.exists():
@@ -137,3 +148,65 @@ def prune_checkpoints(root: Path, keep: int) -> list[Path]:
     for p in old:
         shutil.rmtree(p, ignore_errors=True)
     return old
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_checksums(folder: Path) -> dict[str, dict[str, int | str]]:
+    """{relative path: {"bytes", "sha256"}} of every file under `folder` except meta.json."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != META)
+    return {p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files}
+
+
+def verify_checkpoint(path: Path) -> str | None:
+    """Why the checkpoint cannot be trusted (a file missing, truncated or changed), or None when it is intact.
+
+    A checkpoint written before checksums were recorded is trusted as it is."""
+    try:
+        files = read_meta(path).get("files")
+    except (OSError, ValueError) as err:
+        return f"{META} is unreadable ({err})"
+    for rel, want in (files or {}).items():
+        p = path / rel
+        if not p.is_file():
+            return f"{rel} is missing"
+        if p.stat().st_size != want["bytes"]:
+            return f"{rel} has {p.stat().st_size} bytes, {want['bytes']} were written (truncated or replaced)"
+        if _sha256(p) != want["sha256"]:
+            return f"{rel} does not match its sha256 (the file changed on disk)"
+    return None
+
+
+def usable_checkpoint(root: Path) -> Path | None:
+    """The newest intact checkpoint (main process); newer corrupt ones are set aside with a warning.
+
+    UserError, naming what to delete, when checkpoints exist but none is intact."""
+    found = list_checkpoints(root)
+    bad: list[tuple[Path, str]] = []
+    for _, path in reversed(found):
+        reason = verify_checkpoint(path)
+        if reason is None:
+            for corrupt, why in bad:
+                aside = corrupt.with_name(CORRUPT_PREFIX + corrupt.name)
+                shutil.rmtree(aside, ignore_errors=True)
+                os.replace(corrupt, aside)
+                log.warning(
+                    "checkpoint %s is corrupt (%s); resuming from %s instead. It was moved to %s: delete it when "
+                    "you no longer need it",
+                    corrupt.name, why, path.name, aside,
+                )  # fmt: skip
+            return path
+        bad.append((path, reason))
+    if bad:
+        listed = "; ".join(f"{p.name}: {why}" for p, why in bad)
+        raise UserError(
+            f"no intact checkpoint in {root} ({listed}). Delete {root} to start the run over from step 0, "
+            "or choose another runtime.output_dir"
+        )
+    return None

@@ -8,6 +8,7 @@ line with `--set a.b=c` (`--set stages.1.lr=2e-5`, `--set loss.preset=paper`). T
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 import sys
@@ -26,6 +27,7 @@ __all__ = [
     "ModelConfig",
     "LoRAConfig",
     "SyntheticConfig",
+    "EncodeConfig",
     "DataConfig",
     "DropoutConfig",
     "LossConfig",
@@ -70,6 +72,11 @@ class ModelConfig:
     attention_backend: str = "auto"
     gradient_checkpointing: bool = True
 
+    def __post_init__(self) -> None:
+        from ..cointeract_core.model.config import PRESETS  # noqa: PLC0415 - torch; config files load without it
+
+        _check(self.preset in PRESETS, f"model.preset = {self.preset!r}; choose one of {sorted(PRESETS)}")
+
 
 @dataclass(frozen=True)
 class LoRAConfig:
@@ -98,6 +105,39 @@ class SyntheticConfig:
     pattern_seed: int = 0  # draws the hand / face latent patterns (the "world"), shared by train and held-out sets
 
 
+WAN_ENCODER_FILES = ("vae", "text_encoder", "audio_encoder")
+
+
+@dataclass(frozen=True)
+class EncodeConfig:
+    """How `cointeract train` builds the latent cache (data.path) from a `cointeract prepare` dataset, when it is
+    missing, incomplete or built from another version of the CSV. Encoders load from local files only."""
+
+    source: str = ""  # data.csv written by `cointeract prepare`; "" = data.path must already hold a cache
+    encoders: Literal["wan", "toy"] = "wan"  # wan: the files below; toy: a toy bundle's codec, text and audio encoders
+    vae: str = ""  # Wan2.1_VAE.pth, ComfyUI wan_2.1_vae.safetensors or a diffusers folder
+    text_encoder: str = ""  # umT5-XXL: transformers folder, ComfyUI umt5_xxl file or Wan .pth
+    tokenizer: str = ""  # umT5 tokenizer folder, when the text encoder carries none
+    audio_encoder: str = ""  # wav2vec2 folder or ComfyUI audio_encoders file
+    toy_bundle: str = ""  # encoders = "toy": the bundle to take them from; "" = the shipped toy bundle
+    height: int = 832  # training frame size in pixels
+    width: int = 480
+    normalize_loudness: bool = True  # speech to -23 LUFS before wav2vec2 (official training)
+    dtype: Literal["bf16", "fp16", "fp32"] = "bf16"  # of the cached tensors
+    shard_size: int = 32  # samples per shard file
+    device: str = "auto"  # where the encoders run: auto = cuda when available, else cpu
+
+    def __post_init__(self) -> None:
+        _check(self.height > 0 and self.width > 0, f"data.encode size must be > 0, got {self.height}x{self.width}")
+        _check(self.shard_size >= 1, f"data.encode.shard_size must be >= 1, got {self.shard_size}")
+        missing = [f"data.encode.{n}" for n in WAN_ENCODER_FILES if not getattr(self, n)]
+        _check(
+            not (self.source and self.encoders == "wan" and missing),
+            f"{', '.join(missing)} empty: building the cache from {self.source} with the Wan encoders needs the "
+            'local files of the VAE, umT5 and wav2vec2 (or encoders = "toy" for toy-world data)',
+        )
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Training samples: the latent cache (`kind = "cache"`, `path`) or generated ones (`kind = "synthetic"`)."""
@@ -108,10 +148,15 @@ class DataConfig:
     shuffle: bool = True
     num_workers: int = 0
     synthetic: SyntheticConfig = SyntheticConfig()
+    encode: EncodeConfig = EncodeConfig()  # build data.path from a `cointeract prepare` dataset (kind = "cache")
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, f"data.batch_size must be >= 1, got {self.batch_size}")
         _check(self.kind != "cache" or bool(self.path), "data.path is empty; point it at the latent cache folder")
+        _check(
+            self.kind == "cache" or not self.encode.source,
+            f'data.encode.source is set but data.kind = "{self.kind}"; the cache is built only for kind = "cache"',
+        )
 
 
 @dataclass(frozen=True)
@@ -316,7 +361,40 @@ def config_from_dict(raw: dict) -> TrainConfig:
             {**s, "loss": _resolve_loss(s["loss"], f"stages.{i}.loss")} if isinstance(s, dict) and "loss" in s else s
             for i, s in enumerate(raw["stages"])
         ]
-    return _build(TrainConfig, raw, "config")
+    cfg = _build(TrainConfig, raw, "config")
+    _check_lora_targets(cfg)
+    return cfg
+
+
+@functools.lru_cache(maxsize=8)
+def _linear_suffixes(preset: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(names of every nn.Linear of the preset's DiT, their short forms without block / injector indices)."""
+    import torch  # noqa: PLC0415 - the model is built on the meta device: no memory, no weights
+
+    from ..cointeract_core.model.config import PRESETS  # noqa: PLC0415
+    from ..cointeract_core.model.dit import CoInteractDiT  # noqa: PLC0415
+
+    with torch.device("meta"):
+        model = CoInteractDiT(PRESETS[preset])
+    names = tuple(n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear))
+
+    def short(name: str) -> str:  # blocks.3.self_attn.q -> self_attn.q; injector.0.q -> q
+        parts = name.split(".")
+        cut = max((i for i, p in enumerate(parts[:-1]) if p.isdigit()), default=-1)
+        return ".".join(parts[cut + 1 :])
+
+    return names, tuple(sorted({short(n) for n in names}))
+
+
+def _check_lora_targets(cfg: TrainConfig) -> None:
+    """Every lora.targets entry must name the end of some nn.Linear of the model (PEFT suffix matching)."""
+    names, choices = _linear_suffixes(cfg.model.preset)
+    bad = [t for t in cfg.lora.targets if not any(n == t or n.endswith("." + t) for n in names)]
+    _check(
+        not bad,
+        f"lora.targets {bad} match no linear layer of model.preset {cfg.model.preset!r}; a target is the end of a "
+        f"layer name, e.g. one of {list(choices)} (official: {list(OFFICIAL_LORA_TARGETS)})",
+    )
 
 
 def _build(cls: type, raw: Any, where: str) -> Any:

@@ -1,8 +1,11 @@
 """Two-stage CoInteract training on accelerate: one process, DDP, FSDP or DeepSpeed, from an accelerate config.
 
-Reads top to bottom like DiT's train.py: accelerator -> model (frozen base + PEFT LoRA + MoE / HOI in full) ->
-data -> AdamW + LR schedule -> resume -> the loop over global steps, where the stage (attention mode, lr,
-trainable set, HOI stream) is looked up as data -> metrics, atomic checkpoints, official-layout exports.
+Reads top to bottom like DiT's train.py: accelerator -> the output folder's lock (lock.py) -> the resume plan
+(intact checkpoint, config changes, environment: resume.py) -> the latent cache, built when the config asks
+(cache_build.py) -> model (frozen base + PEFT LoRA + MoE / HOI in full) -> data -> AdamW + LR schedule -> resume,
+and missing stage exports written again -> the loop over global steps, where the stage (attention mode, lr,
+trainable set, HOI stream) is looked up as data -> metrics, official-layout exports, then atomic checkpoints
+(saving.py).
 
 Every random choice for a sample comes from a generator seeded by (seed, step, global slot) and the sample order
 is a fixed stream (`sampling.py`): a resumed run repeats an uninterrupted one exactly, and N processes see the
@@ -11,7 +14,6 @@ same samples and noise as one process with N-fold gradient accumulation.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -28,22 +30,18 @@ from torch import nn
 
 from ..cointeract_core.model.dit import DiTOutput
 from .builders import DTYPES, build_dataset, build_model, load_start_checkpoint
-from .checkpoints import (
-    RunState,
-    keep_trainable_only,
-    latest_checkpoint,
-    prune_checkpoints,
-    read_meta,
-    remove_stale,
-    save_checkpoint,
-)
-from .config import LossConfig, TrainConfig, config_to_toml, train_config_to_json
-from .export import export_state_dict
+from .cache_build import ensure_cache
+from .checkpoints import RunState, keep_trainable_only, latest_checkpoint, read_meta
+from .config import LossConfig, TrainConfig, config_to_toml
+from .errors import UserError
+from .lock import RunLock
 from .lora_peft import inject_lora
 from .losses import FlowSchedule, LossParts, flow_loss, router_counts, router_loss, router_summary, total_loss
 from .metrics import MetricsLog, peak_memory_mb
+from .resume import on_main, plan_resume
 from .sample import TrainSample
 from .sampling import global_slot, sample_generator, step_loader
+from .saving import Saver
 from .stages import Batch, StageSpan, drop_frozen_grads, make_batch, set_trainable, stage_at, stage_spans
 
 log = logging.getLogger(__name__)
@@ -58,7 +56,7 @@ __all__ = [
 ]
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(UserError):
     """The loss or the gradient became NaN / inf; the last good checkpoint is kept."""
 
 
@@ -70,33 +68,34 @@ class TrainResult:
     last_checkpoint: Path | None
 
 
-def train(cfg: TrainConfig, dataset: Sequence[TrainSample] | None = None) -> TrainResult:
-    """Run every stage of `cfg`, resuming from the newest checkpoint in runtime.output_dir when there is one.
+def train(cfg: TrainConfig, dataset: Sequence[TrainSample] | None = None, *, force: bool = False) -> TrainResult:
+    """Run every stage of `cfg`, resuming from the newest intact checkpoint in runtime.output_dir when there is one.
 
-    `dataset` replaces the one `cfg.data` describes. accelerate keeps one state per process: runs in the same
-    process must use the same runtime.mixed_precision and runtime.cpu.
+    `dataset` replaces the one `cfg.data` describes (else the latent cache, built first when `[data.encode]` asks).
+    A resume refuses a config change that alters the run unless `force` (resume.py). One trainer per output folder
+    (lock.py). accelerate keeps one state per process: runs in the same process must use the same
+    runtime.mixed_precision and runtime.cpu.
     """
     accelerator = _make_accelerator(cfg)
     out = Path(cfg.runtime.output_dir)
-    torch.manual_seed(cfg.runtime.seed)
+    held: list[RunLock] = []
+    on_main(accelerator, lambda: held.append(RunLock.acquire(out)))
+    try:
+        return _train(accelerator, cfg, out, dataset, force)
+    finally:
+        for lock in held:
+            lock.release()
+
+
+def _train(accelerator, cfg: TrainConfig, out: Path, dataset: Sequence[TrainSample] | None, force: bool) -> TrainResult:
+    """`train` with the output folder locked: resume plan, model, data, optimizer, then the loop over steps."""
+    latest = plan_resume(accelerator, cfg, out / "checkpoints", force)
+    if dataset is None:
+        ensure_cache(accelerator, cfg.data, cfg.model.preset)
     if accelerator.is_main_process:  # the resolved config, to rerun or resume with
         _write_text(out / "config.toml", config_to_toml(cfg))
-
-    # Model: frozen base (+ LoRA through peft), MoE router / experts and HOI modules trained in full.
-    model = build_model(cfg.model)
-    inject_lora(model, cfg.lora)
-    if cfg.model.cointeract:
-        load_start_checkpoint(model, cfg.model.cointeract, cfg.lora)
-    stage_params = set_trainable(model, cfg.stages)
-    _cast_params(model, DTYPES[cfg.model.base_dtype])
-    model.gradient_checkpointing = cfg.model.gradient_checkpointing
-    model.train()
-    trainable = sorted(n for n, p in model.named_parameters() if p.requires_grad)
-    log.info(
-        "trainable: %d tensors, %.2fM parameters",
-        len(trainable),
-        sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6,
-    )
+    torch.manual_seed(cfg.runtime.seed)
+    model, trainable, stage_params = _trainable_model(cfg)
 
     # Data: a fixed stream of sample indices; each optimizer step takes the next global batch.
     dataset = build_dataset(cfg.data, model.cfg) if dataset is None else dataset
@@ -112,15 +111,17 @@ def train(cfg: TrainConfig, dataset: Sequence[TrainSample] | None = None) -> Tra
     state = RunState()
     accelerator.register_for_checkpointing(state)
     accelerator.register_save_state_pre_hook(keep_trainable_only)
+    schedules = {s.name: FlowSchedule(cfg.stage_loss(s)) for s in cfg.stages}
+    run = _Run(accelerator, model, optimizer, scheduler, cfg, schedules, stage_params)
+    saver = Saver(accelerator, model, cfg, trainable, out)
 
-    start = _resume(accelerator, cfg, out / "checkpoints", state, trainable)
+    start = _load(accelerator, latest, state, trainable)
+    saver.restore_exports(spans, state, latest)
     metrics = MetricsLog(out / "metrics.jsonl", accelerator.is_main_process)
     metrics.truncate(start)
     loader = iter(step_loader(dataset, cfg, accelerator.num_processes, accelerator.process_index, start))
-    schedules = {s.name: FlowSchedule(cfg.stage_loss(s)) for s in cfg.stages}
-    run = _Run(accelerator, model, optimizer, scheduler, cfg, schedules, stage_params)
     progress = _progress_bar(cfg, accelerator, start)
-    last = latest_checkpoint(out / "checkpoints")
+    last = latest
 
     for step in range(start, cfg.total_steps):
         span = stage_at(spans, step)
@@ -132,10 +133,29 @@ def train(cfg: TrainConfig, dataset: Sequence[TrainSample] | None = None) -> Tra
         progress.update(1)
         progress.set_postfix(stage=span.stage.name, loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
         if (step + 1) % cfg.runtime.checkpoint_every == 0 or step + 1 == span.end:
-            last = _checkpoint(accelerator, model, cfg, out, state, trainable, final=step + 1 == span.end)
+            last = saver.checkpoint(state, final=step + 1 == span.end)
     progress.close()
-    exports = tuple(out / "exports" / f"{s.name}-final.safetensors" for s in cfg.stages)
-    return TrainResult(out, state.step, exports, last)
+    return TrainResult(out, state.step, tuple(saver.final_export(s.stage.name) for s in spans), last)
+
+
+def _trainable_model(cfg: TrainConfig) -> tuple[nn.Module, list[str], dict[str, set[str]]]:
+    """Frozen base (+ LoRA through peft), MoE router / experts and HOI modules trained in full -> (model, trainable
+    parameter names, per-stage trainable names)."""
+    model = build_model(cfg.model)
+    inject_lora(model, cfg.lora)
+    if cfg.model.cointeract:
+        load_start_checkpoint(model, cfg.model.cointeract, cfg.lora)
+    stage_params = set_trainable(model, cfg.stages)
+    _cast_params(model, DTYPES[cfg.model.base_dtype])
+    model.gradient_checkpointing = cfg.model.gradient_checkpointing
+    model.train()
+    trainable = sorted(n for n, p in model.named_parameters() if p.requires_grad)
+    log.info(
+        "trainable: %d tensors, %.2fM parameters",
+        len(trainable),
+        sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6,
+    )
+    return model, trainable, stage_params
 
 
 # ---------------------------------------------------------------------------------------------- setup
@@ -198,29 +218,15 @@ def _progress_bar(cfg: TrainConfig, accelerator, start: int):
     return tqdm(total=cfg.total_steps, initial=start, disable=not enabled, desc="train", dynamic_ncols=True)
 
 
-def _resume(accelerator, cfg: TrainConfig, root: Path, state: RunState, trainable: list[str]) -> int:
-    """Load the newest complete checkpoint (model part, optimizer, scheduler, RNG, position); returns its step."""
-    if accelerator.is_main_process:
-        remove_stale(root)
-    accelerator.wait_for_everyone()
-    latest = latest_checkpoint(root)
+def _load(accelerator, latest: Path | None, state: RunState, trainable: list[str]) -> int:
+    """Load the planned checkpoint (model part, optimizer, scheduler, RNG, position); returns its step."""
     if latest is None:
         return 0
-    if cfg.runtime.resume == "never":
-        raise ValueError(
-            f'{root} already holds checkpoints (newest {latest.name}); set runtime.resume = "auto" '
-            "to continue that run, or choose a new runtime.output_dir"
-        )
-    meta = read_meta(latest)
-    if meta["trainable"] != trainable:
-        raise ValueError(
+    if read_meta(latest)["trainable"] != trainable:
+        raise UserError(
             f"{latest} was written for a different set of trainable weights (lora / stages changed); "
             "use the original config or a new runtime.output_dir"
         )
-    saved = json.loads(meta["train_config"])
-    changed = [k for k, v in json.loads(train_config_to_json(cfg)).items() if k != "runtime" and saved.get(k) != v]
-    if changed:
-        log.warning("resuming %s with a changed config: %s differ from the run that wrote it", latest, changed)
     accelerator.load_state(str(latest), strict=False)
     log.info("resumed from %s (step %d, stage %s)", latest, state.step, state.stage)
     return state.step
@@ -345,42 +351,3 @@ def _stop_if_not_finite(accelerator, sums: torch.Tensor, grad_norm: float | None
         f"stopped before the update. The last good checkpoint is {last or 'none (no checkpoint was written yet)'}; "
         "lower the lr, enable grad clipping, or check the data of this step"
     )
-
-
-# ---------------------------------------------------------------------------------------------- saving
-
-
-def _checkpoint(
-    accelerator, model, cfg: TrainConfig, out: Path, state: RunState, trainable: list[str], final: bool
-) -> Path:
-    """Accelerate state (atomic, keep-last-N) + an official-layout export (+ the stage-final export)."""
-    config_json = train_config_to_json(cfg)
-    meta = {
-        "step": state.step,
-        "stage": state.stage,
-        "trainable": trainable,
-        "train_config": config_json,
-        "world_size": accelerator.num_processes,
-    }
-    path = save_checkpoint(accelerator, out / "checkpoints", state.step, meta)
-    full_state = accelerator.get_state_dict(model)  # every process (gathers under FSDP / DeepSpeed)
-    if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
-        names = [f"step-{state.step:08d}.safetensors"] + ([f"{state.stage}-final.safetensors"] if final else [])
-        for name in names:
-            export_state_dict(
-                full_state,
-                set(trainable),
-                out / "exports" / name,
-                dit_cfg=unwrapped.cfg,
-                lora=cfg.lora,
-                stage=state.stage,
-                step=state.step,
-                dtype=DTYPES[cfg.runtime.export_dtype],
-                train_config_json=config_json,
-            )
-        for old in prune_checkpoints(out / "checkpoints", cfg.runtime.keep_last):
-            (out / "exports" / f"{old.name}.safetensors").unlink(missing_ok=True)
-    accelerator.wait_for_everyone()
-    log.info("checkpoint %s", path)
-    return path

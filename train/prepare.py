@@ -27,6 +27,8 @@ HOI frame = body frame with the source's pixels under the object mask on top. Bo
 the official convention: latent t gets key ``frame_{4t+2}`` from source frame s+4t+2 (else s+4t+3, else
 s+4t+1: the frames inside latent t in both target encodings). Output: ``clips/<id>_<start>/`` media,
 ``data.csv`` (only rows that pass `validate_csv`) and ``prepare_report.json`` (everything dropped and why).
+Nothing is written outside OUT_DIR: a source whose id is not a plain name (a path separator, a leading ".",
+"..", a drive colon) is dropped as ``unsafe_id``. A run that makes no clip at all is an error (exit 1).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import json
 import logging
 import re
 import shutil
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -49,6 +51,7 @@ from PIL import Image
 from ..cointeract_core.media.fileio import atomic_output
 from .clip_media import iter_frames, probe_video
 from .data import COLUMNS, ClipSpec, DatasetReport, validate_csv
+from .errors import UserError, user_errors
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +132,19 @@ def read_sources(manifest: str | Path) -> list[Source]:
         ids.add(sid)
         out.append(Source(**{**kw, "id": sid}))
     return out
+
+
+_NOT_IN_ID = re.compile(r"[/\\:\x00-\x1f]")  # separators, a drive colon, control characters
+
+
+def _check_id(sid: str) -> None:
+    """A source id names folders under the output root (clips/<id>_<start>, sources/<id>): it must be a plain name."""
+    if not sid or sid.startswith(".") or _NOT_IN_ID.search(sid):
+        raise SourceError(
+            "unsafe_id",
+            f"source id {sid!r} is not a plain name (no '/', '\\', ':', control characters or leading '.'); "
+            "it would write outside the output folder",
+        )
 
 
 def _detections(path: Path) -> tuple[dict[int, Any], dict[int, Any]]:
@@ -293,6 +309,7 @@ def _prepare_source(src: Source, out_root: Path, opts: dict[str, Any], report: P
     from ..cointeract_core.media import load_audio
 
     spec = opts["spec"]
+    _check_id(src.id)
     for name in ("video", "detections", "audio", "person_image", "product_image", "body_video", "object_mask"):
         path = getattr(src, name)
         if path is not None and not path.exists():
@@ -366,8 +383,9 @@ def _write_csv(path: Path, rows: list[dict[str, str]]) -> None:
         writer.writerows(rows)
 
 
+@user_errors("cointeract prepare")
 def main(argv: list[str] | None = None) -> int:
-    """`cointeract prepare MANIFEST OUT_DIR`: returns 0 when at least one clip was written, else 1."""
+    """`cointeract prepare MANIFEST OUT_DIR`: returns 0 when at least one clip was written; no clip is an error."""
     parser = argparse.ArgumentParser(
         prog="cointeract prepare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -376,9 +394,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stride", type=int, default=80, help="frames between clip starts (default 80)")
     parser.add_argument("--first-start", type=int, default=73, help="first clip start (default 73: has motion)")
     parser.add_argument("--crf", type=int, default=18, help="H.264 quality of the written clips (default 18)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging; tracebacks with errors")
     args = parser.parse_args(argv)
+    if args.verbose:
+        logging.getLogger().setLevel(logging.DEBUG)
     report = prepare_dataset(
         args.manifest, args.out_dir, stride=args.stride, first_start=args.first_start, crf=args.crf
     )
+    validation = report.validation or DatasetReport()
+    if not validation.kept:
+        reasons = Counter(d["reason"] for d in report.dropped) + Counter(c for _, c, _ in validation.dropped)
+        listed = ", ".join(f"{n} {r}" for r, n in reasons.most_common()) or "no clip fits in any source"
+        raise UserError(f"no clip was made ({listed}); the details are in {args.out_dir / 'prepare_report.json'}")
     log.info("%s", report.summary())
-    return 0 if report.validation and report.validation.kept else 1
+    return 0

@@ -6,6 +6,7 @@ Attribute names equal the official checkpoint keys; `checkpoint.py` is the one p
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -23,7 +24,14 @@ from .motion import FramePackMotioner
 from .rope import rope_frequencies
 from .visibility import AttentionMode, attention_groups
 
-__all__ = ["CoInteractDiT", "DiTOutput", "Head"]
+__all__ = ["CoInteractDiT", "DiTOutput", "Head", "BlocksHook"]
+
+# blocks_hook(tokens [B, N, D], run_blocks) -> what run_blocks(tokens) gives: (tokens [B, N, D], router logits or
+# None). run_blocks is the block stack with audio injection; a hook may skip it (the step cache, sampling/cache.py).
+BlocksHook = Callable[
+    [torch.Tensor, Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]],
+    tuple[torch.Tensor, torch.Tensor | None],
+]
 
 
 @dataclass(frozen=True)
@@ -95,12 +103,14 @@ class CoInteractDiT(nn.Module):
         hoi_context: torch.Tensor | None = None,
         attention: AttentionMode = "asymmetric",
         return_router: bool = False,
+        blocks_hook: BlocksHook | None = None,
     ) -> DiTOutput:
         """Velocity for noisy target latents x [B, C, F, H, W] at float timesteps [B] in [0, 1000].
 
         context [B, L, text_dim] (L ≤ text_len, zero-padded inside); audio [B, 25, A, 4F] wav2vec2 features;
         person/product [B, C, 1, H, W]; motion [B, C, T≤19, H, W]; pose [B, cond_dim, F, H, W];
-        hoi [B, C, F, H, W] with hoi_context [B, L, text_dim]; attention "full" (stage 1) or "asymmetric".
+        hoi [B, C, F, H, W] with hoi_context [B, L, text_dim]; attention "full" (stage 1) or "asymmetric";
+        blocks_hook (None: run the blocks) wraps the block stack, e.g. to reuse a cached residual.
         """
         layout = self._layout(x, product, product_scale, motion, hoi, hoi_context)
         t = torch.as_tensor(timestep, dtype=torch.float32, device=x.device).reshape(-1).expand(x.shape[0])
@@ -121,8 +131,11 @@ class CoInteractDiT(nn.Module):
             any_experts=bool(experts_on.any()),  # one host sync per forward, not one per block
             backend=self.attention_backend,
         )
-        audio_tokens, audio_global = self.encode_audio(audio, layout.frames)
-        tokens, logits = self._run_blocks(tokens, ctx, audio_tokens, audio_global)
+
+        def run_blocks(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+            return self._run_blocks(h, ctx, *self.encode_audio(audio, layout.frames))
+
+        tokens, logits = run_blocks(tokens) if blocks_hook is None else blocks_hook(tokens, run_blocks)
         velocity = self._unpatchify(self.head(tokens[:, : layout.n_target], e), layout)
         hoi_velocity = None
         if hoi is not None:

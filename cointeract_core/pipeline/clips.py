@@ -9,18 +9,21 @@ so lips drift one frame per clip); `VideoOptions(audio_stride=81)` reproduces it
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import torch
 
 from ..model.dit import CoInteractDiT
 from ..runtime.offload import conditioning_to
+from ..sampling.cache import BlocksHook, StepCache
 from ..sampling.sampler import SamplerConfig, StepCallback, cfg_combine, sample
 from .conditioning import Conditioning, clip_count
 from .heatmaps import router_probabilities
 from .protocols import VideoVAE
 
 __all__ = ["VideoOptions", "GenerationResult", "generate"]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,8 @@ class GenerationResult:
     hoi_frames: torch.Tensor | None = None  # [T, H, W, 3] in [0, 1]
     router_maps: torch.Tensor | None = None  # [T, h', w', 2] mean (hand, face) probability while routing is on
     fps: float = 25.0
+    passes_run: list[int] = field(default_factory=list)  # per clip: DiT forwards that ran the blocks
+    passes_skipped: list[int] = field(default_factory=list)  # per clip: forwards that reused a cached residual
 
 
 def _to_unit(video: torch.Tensor) -> torch.Tensor:
@@ -84,6 +89,8 @@ class _ClipSampler:
             self.pos["hoi_context"] = cond.hoi_prompt(clip).to(dev)
             self.neg["hoi_context"] = cond.hoi_negative.to(dev)
         self.router_sum, self.router_steps = None, 0
+        self.cache = None if cfg.cache is None else StepCache(cfg.cache, cfg.steps)  # state of this clip only
+        self.forwards = 0
 
     def __call__(self, state: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """state [1, C, F(+F), h, w] (RGB then HOI latents along time) -> guided velocity of the same shape."""
@@ -91,19 +98,35 @@ class _ClipSampler:
         routing = (
             self.opts.router_maps and self.model.cfg.moe is not None and bool(t < self.model.cfg.moe.off_from_timestep)
         )
+        if self.cache is not None:
+            self.cache.begin_step(x)  # one decision per step, for both branches
         with torch.no_grad():
-            pos = self.model(x, t, hoi=hoi, return_router=routing, **self.pos)
-            if routing:
+            pos = self.model(x, t, hoi=hoi, return_router=routing, blocks_hook=self._hook("cond"), **self.pos)
+            self.forwards += 1
+            if self.cache is not None:
+                self.cache.observe(pos.velocity)
+            if routing and pos.router_logits is not None:  # None on a cached step
                 probs = router_probabilities(pos.router_logits)
                 self.router_sum = probs if self.router_sum is None else self.router_sum + probs
                 self.router_steps += 1
             if self.cfg.cfg == 1.0:
                 return torch.cat([pos.velocity] + ([pos.hoi_velocity] if hoi is not None else []), dim=2)
-            neg = self.model(x, t, hoi=hoi, **self.neg)
+            neg = self.model(x, t, hoi=hoi, blocks_hook=self._hook("uncond"), **self.neg)
+            self.forwards += 1
         parts = [cfg_combine(pos.velocity, neg.velocity, self.cfg.cfg)]
         if hoi is not None:
             parts.append(cfg_combine(pos.hoi_velocity, neg.hoi_velocity, self.cfg.cfg))
         return torch.cat(parts, dim=2)
+
+    def _hook(self, branch: str) -> BlocksHook | None:
+        """The step cache's blocks hook for a CFG branch, or None (run the blocks as usual)."""
+        return None if self.cache is None else self.cache.hook(branch)
+
+    @property
+    def passes(self) -> tuple[int, int]:
+        """(DiT forwards that ran the blocks, forwards that reused the cached residual) in this clip."""
+        skipped = 0 if self.cache is None else self.cache.passes_skipped
+        return self.forwards - skipped, skipped
 
 
 def generate(
@@ -139,6 +162,7 @@ def generate(
         result.seeds.append(cfg.seed + r)
         result.latents.append(latents.cpu())  # memory: results of past clips do not stay on the GPU
         result.motion_latents.append(None if motion is None else motion.cpu())
+        _record_passes(result, sampler, r)
     result.frames = torch.cat(frames)
     result.hoi_frames = torch.cat(hoi_frames) if hoi_frames else None
     result.router_maps = torch.cat(maps) if maps else None
@@ -157,6 +181,15 @@ def _sample_clip(model, cond, r, motion, cfg, opts, callback):
     state = sample(sampler, noise.to(dev), cfg, callback)
     hoi = state[:, :, frames:] if opts.hoi_preview else None
     return state[:, :, :frames], hoi, sampler
+
+
+def _record_passes(result: GenerationResult, sampler: _ClipSampler, clip: int) -> None:
+    """Append the clip's DiT passes run / skipped to the result, and log them when the step cache is on."""
+    run, skipped = sampler.passes
+    result.passes_run.append(run)
+    result.passes_skipped.append(skipped)
+    if sampler.cache is not None:
+        log.info("clip %d: step cache skipped %d of %d DiT passes", clip, skipped, run + skipped)
 
 
 def _frame_maps(sampler: _ClipSampler, patch, cond: Conditioning, opts: VideoOptions) -> torch.Tensor:

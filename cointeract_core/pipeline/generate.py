@@ -11,6 +11,7 @@ import csv
 import dataclasses
 import json
 import logging
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from typing import Any
 import torch
 
 from ..media import load_audio, load_image, load_video, write_video
+from ..sampling.cache import StepCacheConfig
 from ..sampling.sampler import SamplerConfig
 from ..weights.lora_formats import LoRAError
 from .build import InputOptions, build_conditioning
@@ -107,12 +109,50 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--allow-empty-prompt", action="store_true")
     g.add_argument("--hoi-preview", action="store_true", help="also write the co-generated HOI stream (.hoi.mp4)")
     g.add_argument("--router-maps", action="store_true", help="also write hand/face router heatmaps (.router.mp4)")
+    _add_cache_args(p)
+
+
+def _number(kind: type, low: float):
+    """An argparse type: a finite `kind` >= low."""
+
+    def parse(text: str):
+        value = kind(text)
+        if not math.isfinite(value) or value < low:
+            raise argparse.ArgumentTypeError(f"expected a finite number >= {low}, got {text}")
+        return value
+
+    return parse
+
+
+def _add_cache_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("step cache (off unless --cache-threshold is given; README: Step cache)")
+    d = StepCacheConfig()
+    g.add_argument("--cache-threshold", type=_number(float, 0), help="skip the DiT blocks while the change predicted "
+                   f"since the last full step stays under this (e.g. {d.threshold}; 0 never skips)")  # fmt: skip
+    g.add_argument("--cache-start", type=_number(int, 0), help=f"first step that may be skipped ({d.start_step})")
+    g.add_argument("--cache-end-full", type=_number(int, 0), help=f"last steps always run ({d.end_steps_full})")
+    g.add_argument("--cache-max-skips", type=_number(int, 0), help=f"most steps skipped in a row "
+                   f"({d.max_consecutive}; 0: no cap)")  # fmt: skip
+
+
+def _cache_config(args: argparse.Namespace) -> StepCacheConfig | None:
+    """The --cache-* options as a StepCacheConfig; None when --cache-threshold is not given."""
+    given = {"start_step": args.cache_start, "end_steps_full": args.cache_end_full}
+    given = {k: v for k, v in given.items() if v is not None}
+    if args.cache_max_skips is not None:
+        given["max_consecutive"] = args.cache_max_skips or None
+    if args.cache_threshold is None:
+        if given:
+            raise ValueError("--cache-start / --cache-end-full / --cache-max-skips need --cache-threshold")
+        return None
+    return StepCacheConfig(threshold=args.cache_threshold, **given)
 
 
 def _options(args: argparse.Namespace) -> tuple[SamplerConfig, VideoOptions, InputOptions]:
     sampler = SamplerConfig(
         steps=args.steps, shift=args.shift, cfg=args.cfg, seed=args.seed, quantize_timesteps=not args.float_timesteps
     )
+    sampler = dataclasses.replace(sampler, cache=_cache_config(args))
     video = VideoOptions(
         audio_stride=args.audio_stride, max_clips=args.clips, hoi_preview=args.hoi_preview, router_maps=args.router_maps
     )
@@ -239,6 +279,8 @@ def _sidecar(case, result, sampler, video, inputs, seconds: float, loras: tuple 
         "inputs": plain(inputs),
         "loras": [{"file": str(path), "strength": strength} for path, strength in loras],
         "seeds": result.seeds,
+        "passes_run": result.passes_run,  # per clip: DiT forwards that ran the blocks
+        "passes_skipped": result.passes_skipped,  # per clip: forwards the step cache skipped
         "clips": len(result.seeds),
         "frames": int(result.frames.shape[0]),
         "audio_frames": result.audio_frames,
@@ -274,11 +316,12 @@ def main(argv: list[str] | None = None, engines: Engines | None = None) -> int:
         scale=args.scale,
         pose=Path(args.pose_video) if args.pose_video else None,
     )
+    options = _options(args)  # invalid options fail before any model is loaded
     try:
         engines = engines or load_engines(args)
     except LoRAError as err:
         return _refused(parser.prog, err)
-    run_case(engines, case, Path(args.out), *_options(args))
+    run_case(engines, case, Path(args.out), *options)
     return 0
 
 
@@ -328,6 +371,7 @@ def batch_main(argv: list[str] | None = None, engines: Engines | None = None) ->
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     todo = [c for c in cases if not (out_dir / f"{c.audio.stem}.mp4").exists()]
+    options = _options(args)
     log.info("%d rows, %d already done", len(cases), len(cases) - len(todo))
     if todo:
         try:
@@ -335,5 +379,5 @@ def batch_main(argv: list[str] | None = None, engines: Engines | None = None) ->
         except LoRAError as err:
             return _refused(parser.prog, err)
     for case in todo:
-        run_case(engines, case, out_dir / f"{case.audio.stem}.mp4", *_options(args))
+        run_case(engines, case, out_dir / f"{case.audio.stem}.mp4", *options)
     return 0

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .cache import StepCacheConfig
+
 __all__ = ["SamplerConfig", "sigma_schedule", "model_timesteps", "cfg_combine", "sample", "StepCallback"]
 
 # Called as callback(step, total, x) after every step; raise (e.g. ComfyUI's interrupt) to cancel.
@@ -22,12 +24,15 @@ class SamplerConfig:
     cfg: float = 7.0
     seed: int = 0
     quantize_timesteps: bool = True  # the official DiT receives bf16 timesteps (904.49 -> 904)
+    cache: StepCacheConfig | None = None  # step cache (sampling/cache.py); None: every step runs the blocks
 
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         if self.shift <= 0:
             raise ValueError(f"shift must be > 0, got {self.shift}")
+        if self.cache is not None and not isinstance(self.cache, StepCacheConfig):
+            raise TypeError(f"cache must be a StepCacheConfig or None, got {type(self.cache).__name__}")
 
 
 def sigma_schedule(steps: int, shift: float) -> torch.Tensor:

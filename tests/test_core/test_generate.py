@@ -125,3 +125,19 @@ def test_demo_csv_missing_column_is_named(tmp_path):
     (tmp_path / "d.csv").write_text("audio,person_image,prompt\na.wav,,hello\n")
     with pytest.raises(ValueError, match="line 2: missing person_image"):
         gen.read_demo_csv(tmp_path / "d.csv")
+
+
+def test_step_cache_flags_reach_the_sampler_and_the_sidecar(engines, inputs):
+    case = ["--person", str(inputs / "person.png"), "--prompt", "a person", "--audio", str(inputs / "talk.wav")]
+    out = inputs / "cached.mp4"
+    flags = ["--steps", "6", "--clips", "1", "--cache-threshold", "1e9", "--cache-start", "2", "--cache-end-full", "1"]
+    assert gen.main([*case, "--out", str(out), *RUN[:4], *flags, "--cache-max-skips", "0"], engines=engines) == 0
+    side = json.loads(out.with_suffix(".json").read_text())
+    expected = {"threshold": 1e9, "start_step": 2, "end_steps_full": 1, "max_consecutive": None}
+    assert side["sampler"]["cache"] == expected
+    assert side["passes_skipped"] == [6] and side["passes_run"] == [6]  # steps 2-4 skipped in both branches
+    with pytest.raises(ValueError, match="need --cache-threshold"):
+        gen.main([*case, "--out", str(inputs / "never.mp4"), *RUN, "--cache-start", "3"], engines=engines)
+    with pytest.raises(SystemExit):
+        gen.main([*case, "--out", str(inputs / "never.mp4"), *RUN, "--cache-threshold", "nan"], engines=engines)
+    assert not (inputs / "never.mp4").exists()

@@ -214,3 +214,13 @@ def test_caches_without_hoi_empty_prompt_still_load(dataset, tmp_path):
     save_file({"empty_prompt": load_file(shared)["empty_prompt"]}, shared, metadata={"format": "pt"})
     sample = CachedDataset(tmp_path / "c")[0]
     assert sample.hoi is not None and sample.hoi_empty_prompt is None
+
+
+def test_a_cache_that_does_not_fit_the_model_is_refused_by_the_trainer(dataset, tmp_path):
+    from comfyui_cointeract.cointeract_core.model.config import PRESETS
+    from comfyui_cointeract.train.builders import build_dataset
+    from comfyui_cointeract.train.config import DataConfig
+
+    build_cache(dataset, ToyCodec(4), TinyText(), TinyAudio(), tmp_path / "c", dtype=torch.float32)
+    with pytest.raises(CacheError, match=r"latent channels \(VAE -> model in_dim\): 192 vs 16; text width .*: 6 vs 32"):
+        build_dataset(DataConfig(path=str(tmp_path / "c")), PRESETS["tiny_cointeract"])

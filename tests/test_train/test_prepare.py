@@ -130,3 +130,36 @@ def test_cli_prepare_and_manifest_errors(sources, tmp_path):
     same.write_text(json.dumps({"sources": [{"video": "v.mp4", "prompt": "p", "detections": "d.json"}] * 2}))
     assert [s.id for s in read_sources(same)] == ["v", "v_1"]
     assert read_sources(same)[0].video == sources.parent / "v.mp4"
+
+
+def test_source_ids_cannot_write_outside_the_output_folder(sources, tmp_path):
+    manifest = json.loads(sources.read_text())
+    b = {**manifest["sources"][1], "starts": [0]}  # b: one clip at frame 0
+    unsafe = ["../../escaped", str(tmp_path / "absolute"), "a/b", "..", ".hidden", "c:evil", "x\\y"]
+    manifest["sources"] = [{**b, "id": sid} for sid in unsafe] + [{**b, "id": "fine name_1"}]
+    path = sources.parent / "unsafe.json"
+    path.write_text(json.dumps(manifest))
+    out = tmp_path / "deep" / "er" / "out"
+    report = prepare_dataset(path, out, crf=0)
+    assert [(d["source"], d["reason"]) for d in report.dropped] == [(sid, "unsafe_id") for sid in unsafe]
+    assert report.clips == 1 and report.validation.kept == 1  # the plain name is kept
+    assert sorted(p.name for p in (out / "clips").iterdir()) == ["fine name_1_000000"]
+    written = {p for p in tmp_path.rglob("*") if p.is_file() and sources.parent not in p.parents}  # not the inputs
+    assert written and all(out in p.parents for p in written), sorted(map(str, written))
+    saved = json.loads((out / "prepare_report.json").read_text())
+    assert sum(d["reason"] == "unsafe_id" for d in saved["dropped"]) == len(unsafe)
+
+
+def test_no_clip_made_is_an_error_with_one_line(sources, tmp_path, capsys):
+    manifest = json.loads(sources.read_text())
+    manifest["sources"] = manifest["sources"][2:4] + [{**manifest["sources"][1], "id": "../x"}]  # c, d, ../x
+    path = sources.parent / "none.json"
+    path.write_text(json.dumps(manifest))
+    assert cli_main(["prepare", str(path), str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("cointeract prepare: no clip was made (")
+    assert "1 wrong_fps" in err[0] and "1 malformed_detections" in err[0] and "1 unsafe_id" in err[0]
+    assert "prepare_report.json" in err[0]
+    assert cli_main(["prepare", str(sources.parent / "missing.json"), str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "FileNotFoundError" in err[0] and "missing.json" in err[0]

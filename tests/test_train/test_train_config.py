@@ -109,3 +109,59 @@ def test_config_to_toml_round_trips():
 
     cfg = load_config(EXAMPLE, ["stages.1.loss.preset=paper", "model.base=[]", "data.synthetic.seed=3"])
     assert config_from_dict(tomllib.loads(config_to_toml(cfg))) == cfg
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.preset=huge", r"model.preset = 'huge'; choose one of \['14B', '14B_cointeract', 'tiny', "),
+        (
+            "lora.targets=['q', 'qkv']",
+            r"lora.targets \['qkv'\] match no linear layer of model.preset '14B_cointeract'.*'self_attn.q'",
+        ),
+    ],
+)
+def test_a_bad_preset_or_lora_target_fails_at_config_load_with_the_choices(override, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(EXAMPLE, [override])
+
+
+@pytest.fixture
+def root_level():
+    """`-v` sets the root logger to DEBUG for the process; put it back after the test."""
+    import logging
+
+    before = logging.getLogger().level
+    yield
+    logging.getLogger().setLevel(before)
+
+
+def test_train_user_errors_are_one_line_and_v_adds_the_traceback(tmp_path, capsys, root_level):
+    from comfyui_cointeract.cli import main as cli_main
+
+    assert cli_main(["train", str(EXAMPLE), "--set", "lora.targets=['qkv']"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("cointeract train: lora.targets ['qkv'] match no linear layer")
+    assert cli_main(["train", str(tmp_path / "missing.toml")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"cointeract train: training config {tmp_path / 'missing.toml'} does not exist"]
+    assert cli_main(["train", str(EXAMPLE), "--set", "model.preset=huge", "-v"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and err.strip().splitlines()[-1].startswith(
+        "cointeract train: model.preset = 'huge'"
+    )
+
+
+def test_cointeract_v_gives_the_traceback_in_a_real_process(tmp_path):
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "comfyui_cointeract.cli", "train", str(EXAMPLE), "--set", "model.preset=huge"]
+    plain = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert plain.returncode == 1 and "Traceback" not in plain.stderr
+    assert plain.stderr.strip().splitlines() == [
+        "cointeract train: model.preset = 'huge'; choose one of "
+        "['14B', '14B_cointeract', 'tiny', 'tiny_cointeract', 'toy']"
+    ]
+    verbose = subprocess.run([*command[:3], "-v", *command[3:]], capture_output=True, text=True, timeout=120)
+    assert verbose.returncode == 1 and "Traceback (most recent call last)" in verbose.stderr

@@ -79,6 +79,7 @@ def test_sigkill_mid_stage_then_resume_repeats_the_uninterrupted_run(tmp_path):
     done = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "resumed from" in done.stderr
+    assert f"took over the stale lock {tmp_path / 'killed' / 'train.lock'} of pid {proc.pid}" in done.stderr
     got, want = (read_metrics(p / "metrics.jsonl") for p in (tmp_path / "killed", reference.output_dir))
     assert [r["step"] for r in got] == list(range(1, 13))
     assert [r["loss"] for r in got] == [r["loss"] for r in want]  # per-step losses, bit for bit
