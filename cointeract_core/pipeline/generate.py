@@ -19,7 +19,8 @@ from typing import Any
 import torch
 
 from ..media import load_audio, load_image, load_video, write_video
-from ..sampling.sampler import SamplerConfig
+from ..sampling.presets import SAMPLER_PRESETS
+from ..sampling.sampler import CFG_BATCH, SAMPLERS, SCHEDULERS, SamplerConfig
 from .build import InputOptions, build_conditioning
 from .clips import GenerationResult, VideoOptions, generate
 from .heatmaps import overlay_heatmaps
@@ -72,9 +73,20 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--width", type=int, help="frame width in pixels, rounded up to a multiple of 16 (480; toy 64)")
     g.add_argument("--clips", type=int, help="at most this many 80-frame clips (default: as long as the audio)")
     g.add_argument("--seed", type=int, default=0, help="clip r uses seed + r (0 reproduces the official noise)")
-    g.add_argument("--steps", type=int, default=40)
-    g.add_argument("--cfg", type=float, default=7.0)
-    g.add_argument("--shift", type=float, default=7.0)
+    g.add_argument("--preset", choices=list(SAMPLER_PRESETS), default="official",
+                   help="sampler settings: official (euler, 40 steps, shift 7, cfg 7), distill (lcm, 4 steps, shift 5, "
+                   "cfg 1: lightx2v step-distill LoRAs), lightning (euler, 4 steps, shift 5, cfg 1: Wan2.2-Lightning "
+                   "LoRAs); the flags below override it")  # fmt: skip
+    g.add_argument("--steps", type=int, help="sampler steps per clip (official 40)")
+    g.add_argument("--cfg", type=float, help="guidance scale (official 7; 1 = one DiT call per step)")
+    g.add_argument("--shift", type=float, help="sigma shift (official 7)")
+    g.add_argument("--sampler", choices=SAMPLERS, help="solver (official euler)")
+    g.add_argument("--scheduler", choices=SCHEDULERS, help="sigma table (official shifted)")
+    g.add_argument("--step-list", type=_step_list, metavar="T,T,...",
+                   help="explicit unshifted timesteps, e.g. 1000,750,500,250 (lightx2v denoising_step_list); sets "
+                   "--scheduler step_list and --steps")  # fmt: skip
+    g.add_argument("--cfg-batch", choices=CFG_BATCH, default="auto",
+                   help="both CFG passes as one batch of 2: auto (CUDA, when memory allows), on, off")  # fmt: skip
     g.add_argument("--float-timesteps", action="store_true", help="do not round timesteps through bf16")
     g.add_argument("--audio-stride", type=int, default=80, help="audio columns per clip (official code: 81)")
     g.add_argument("--person-fit", choices=("stretch", "cover"), default="stretch")
@@ -87,10 +99,28 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--router-maps", action="store_true", help="also write hand/face router heatmaps (.router.mp4)")
 
 
+def _step_list(text: str) -> tuple[float, ...]:
+    """'1000,750,500,250' -> (1000.0, 750.0, 500.0, 250.0)."""
+    try:
+        return tuple(float(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected timesteps like 1000,750,500,250, got {text!r}") from None
+
+
+def _sampler_config(args: argparse.Namespace) -> SamplerConfig:
+    """The preset, overridden by the sampler flags that were given; raises ValueError on bad values."""
+    given = {k: getattr(args, k) for k in ("steps", "shift", "cfg", "sampler", "scheduler")}
+    given = {k: v for k, v in given.items() if v is not None}
+    if args.step_list:
+        given = {"scheduler": "step_list", "steps": len(args.step_list), **given, "step_list": args.step_list}
+    return dataclasses.replace(
+        SAMPLER_PRESETS[args.preset], seed=args.seed, quantize_timesteps=not args.float_timesteps,
+        cfg_batch=args.cfg_batch, **given,
+    )  # fmt: skip
+
+
 def _options(args: argparse.Namespace) -> tuple[SamplerConfig, VideoOptions, InputOptions]:
-    sampler = SamplerConfig(
-        steps=args.steps, shift=args.shift, cfg=args.cfg, seed=args.seed, quantize_timesteps=not args.float_timesteps
-    )
+    sampler = _sampler_config(args)
     video = VideoOptions(
         audio_stride=args.audio_stride, max_clips=args.clips, hoi_preview=args.hoi_preview, router_maps=args.router_maps
     )
@@ -108,6 +138,14 @@ def _options(args: argparse.Namespace) -> tuple[SamplerConfig, VideoOptions, Inp
         **extra,
     )
     return sampler, video, inputs
+
+
+def _parsed_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple:
+    """_options, with a bad value (e.g. --cfg nan) reported as a usage error before any model loads."""
+    try:
+        return _options(args)
+    except ValueError as err:
+        parser.error(str(err))
 
 
 def _check_model_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -241,8 +279,9 @@ def main(argv: list[str] | None = None, engines: Engines | None = None) -> int:
         scale=args.scale,
         pose=Path(args.pose_video) if args.pose_video else None,
     )
+    options = _parsed_options(parser, args)
     engines = engines or load_engines(args)
-    run_case(engines, case, Path(args.out), *_options(args))
+    run_case(engines, case, Path(args.out), *options)
     return 0
 
 
@@ -282,6 +321,7 @@ def batch_main(argv: list[str] | None = None, engines: Engines | None = None) ->
     args = parser.parse_args(argv)
     if engines is None:
         _check_model_args(parser, args)
+    options = _parsed_options(parser, args)
     cases = read_demo_csv(Path(args.csv))
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -290,5 +330,5 @@ def batch_main(argv: list[str] | None = None, engines: Engines | None = None) ->
     if todo:
         engines = engines or load_engines(args)
     for case in todo:
-        run_case(engines, case, out_dir / f"{case.audio.stem}.mp4", *_options(args))
+        run_case(engines, case, out_dir / f"{case.audio.stem}.mp4", *options)
     return 0
