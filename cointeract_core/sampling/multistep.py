@@ -22,11 +22,9 @@ from .protocols import FlowVelocity, NoiseSampler, StepCallback
 
 __all__ = ["unipc", "dpmpp_2m"]
 
-_FLOW = dict(num_train_timesteps=1000, prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=1.0)
 
-
-def _scheduler(name: str, **options: Any) -> Any:
-    """diffusers.<name>(**options), or an ImportError that says how to get diffusers."""
+def _scheduler_class(name: str) -> type:
+    """diffusers.<name>, or an ImportError that says how to get diffusers."""
     try:
         diffusers = importlib.import_module("diffusers")
     except ModuleNotFoundError as err:
@@ -34,7 +32,7 @@ def _scheduler(name: str, **options: Any) -> Any:
             f"the unipc and dpmpp_2m samplers use diffusers' {name}; install it with "
             f"pip install 'diffusers>=0.35' (the `cli` extra), or use the euler or lcm sampler"
         ) from err
-    return getattr(diffusers, name)(**options)
+    return getattr(diffusers, name)
 
 
 def _integrate(
@@ -65,8 +63,10 @@ def unipc(
 ) -> torch.Tensor:
     """UniPC-bh2 (order 2, predictor + free corrector) over sigmas [steps + 1]; noise [B, C, F, H, W]."""
     _check(sigmas)
-    sched = _scheduler("UniPCMultistepScheduler", **_FLOW, solver_order=2, solver_type="bh2", predict_x0=True,
-                       lower_order_final=True, final_sigmas_type="zero")  # fmt: skip
+    sched = _scheduler_class("UniPCMultistepScheduler")(
+        num_train_timesteps=1000, prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=1.0,
+        solver_order=2, solver_type="bh2", predict_x0=True, lower_order_final=True, final_sigmas_type="zero",
+    )  # fmt: skip
     sched.set_timesteps(sigmas=np.array(sigmas[:-1].tolist(), dtype=np.float64))  # a copy: it is edited in place
     return _integrate(sched, velocity, noise, sigmas, callback)
 
@@ -80,8 +80,11 @@ def dpmpp_2m(
 ) -> torch.Tensor:
     """DPM-Solver++(2M), midpoint, over sigmas [steps + 1]; first and last steps first order. noise [B, C, F, H, W]."""
     _check(sigmas)
-    sched = _scheduler("DPMSolverMultistepScheduler", **_FLOW, solver_order=2, algorithm_type="dpmsolver++",
-                       solver_type="midpoint", lower_order_final=True, final_sigmas_type="zero")  # fmt: skip
+    sched = _scheduler_class("DPMSolverMultistepScheduler")(
+        num_train_timesteps=1000, prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=1.0,
+        solver_order=2, algorithm_type="dpmsolver++", solver_type="midpoint", lower_order_final=True,
+        final_sigmas_type="zero",
+    )  # fmt: skip
     sched.set_timesteps(num_inference_steps=len(sigmas) - 1)
     sched.sigmas = sigmas.detach().float().cpu().clone()
     sched.timesteps = (sigmas[:-1].double() * 1000).long()

@@ -183,3 +183,15 @@ def test_multistep_solvers_keep_the_dtype_and_step_in_fp32():
     velocity = lambda x, t: (seen.append(x.dtype), gaussian_velocity(x.float(), t))[1]  # noqa: E731
     out = sample(velocity, _z(16).bfloat16(), SamplerConfig(steps=5, sampler="unipc"))
     assert out.dtype == torch.bfloat16 and set(seen) == {torch.float32}
+
+
+def test_without_diffusers_the_error_says_how_to_get_it(monkeypatch):
+    from comfyui_cointeract.cointeract_core.sampling import multistep
+
+    def missing(name):
+        raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+    monkeypatch.setattr(multistep.importlib, "import_module", missing)
+    with pytest.raises(ModuleNotFoundError, match=r"pip install 'diffusers>=0.35' .* or use the euler or lcm sampler"):
+        sample(gaussian_velocity, _z(4), SamplerConfig(steps=2, sampler="unipc"))
+    assert torch.isfinite(sample(gaussian_velocity, _z(4), SamplerConfig(steps=2, sampler="lcm"))).all()
