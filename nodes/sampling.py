@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from typing import Any
 
@@ -13,7 +12,7 @@ from ..cointeract_core.pipeline.checks import check_conditioning
 from ..cointeract_core.pipeline.clips import GenerationResult, VideoOptions, generate
 from ..cointeract_core.pipeline.conditioning import Conditioning, clip_count
 from ..cointeract_core.pipeline.heatmaps import overlay_heatmaps
-from ..cointeract_core.sampling.sampler import SamplerConfig
+from ..cointeract_core.sampling.sampler import SAMPLERS, SamplerConfig
 from . import services
 from .adapters import ComfyVAE
 from .step_cache import step_cache_options
@@ -32,6 +31,7 @@ log = logging.getLogger(__name__)
 __all__ = ["CoInteractSampler", "NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "StepProgress"]
 
 MAX_SEED = 2**53 - 1  # the editor's numbers are doubles
+NODE_SCHEDULERS = ("shifted", "simple")  # step_list needs a list of timesteps: CLI / core only
 
 
 class StepProgress:
@@ -116,13 +116,20 @@ class CoInteractSampler:
                                 "(needs HOI weights; about doubles the time; the RGB frames stay the same)."}),
                 "router_heatmaps": ("BOOLEAN", {"default": False, "tooltip": "Also output the MoE router's hand and "
                                     "face probabilities over the frames (needs the MoE)."}),
+                "sampler_name": (list(SAMPLERS), {"default": "euler", "tooltip": "euler: the official sampler. "
+                                 "unipc / dpmpp_2m: second order, for fewer steps (e.g. 20). lcm: for step-distill "
+                                 "LoRAs (lightx2v: lcm, 4 steps, shift 5, cfg 1); Wan2.2-Lightning LoRAs use euler. "
+                                 "Except euler, ComfyUI's own samplers run (uni_pc_bh2, dpmpp_2m, lcm)."}),
+                "scheduler": (list(NODE_SCHEDULERS), {"default": "shifted", "tooltip": "shifted: the official "
+                              "sigma table (at 4 steps, shift 5 it is the step-distill table). simple: ComfyUI's "
+                              "simple (the same whenever steps divides 1000)."}),
             }
         }  # fmt: skip
 
     def sample(
         self, model: Any, vae: Any, references: References, prompts: Prompts, audio: AudioFeatures, seed: int,
         steps: int, cfg: float, shift: float, max_clips: int, trim_to_audio: bool, hoi_preview: bool,
-        router_heatmaps: bool,
+        router_heatmaps: bool, sampler_name: str = "euler", scheduler: str = "shifted",
     ) -> tuple:  # fmt: skip
         dit = model.model
         cond = Conditioning(
@@ -134,8 +141,15 @@ class CoInteractSampler:
         check_conditioning(
             dit.cfg, cond, hoi_preview=hoi_preview, router_maps=router_heatmaps, max_clips=opts.max_clips
         )
-        sampler = SamplerConfig(steps=steps, shift=shift, cfg=cfg, seed=seed)
-        sampler = dataclasses.replace(sampler, cache=step_cache_options(model))  # from CoInteract Step Cache
+        sampler = SamplerConfig(
+            steps=steps,
+            shift=shift,
+            cfg=cfg,
+            seed=seed,
+            sampler=sampler_name,
+            scheduler=scheduler,
+            cache=step_cache_options(model),  # from CoInteract Step Cache
+        )
         memory = _memory_estimate(dit, references, opts)
         cvae = ComfyVAE(vae, after_call=lambda: services.load_model(model, memory))
         if cvae.latent_channels != dit.cfg.in_dim:
@@ -143,10 +157,12 @@ class CoInteractSampler:
         clips = clip_count(audio.frames, opts.clip_frames, opts.max_clips)
         progress = StepProgress(clips, steps, wan21_latents=cvae.latent_channels == 16)
         log.info(
-            "CoInteract: sampling %d clip(s) x %d steps at %dx%d", clips, steps, references.width, references.height
-        )
+            "CoInteract: sampling %d clip(s) x %d steps (%s, %s) at %dx%d", clips, steps, sampler_name, scheduler,
+            references.width, references.height,
+        )  # fmt: skip
+        solver = services.comfy_solver(sampler_name, shift)
         try:
-            result = generate(services.load_model(model, memory), cvae, cond, sampler, opts, progress)
+            result = generate(services.load_model(model, memory), cvae, cond, sampler, opts, progress, solver)
         except BaseException:
             services.unload_model(model)  # cancelled or failed: hold no model memory
             raise

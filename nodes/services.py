@@ -14,11 +14,12 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterable
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 from typing import Any, Protocol
 
 import torch
 
+from ..cointeract_core.sampling.protocols import FlowVelocity, Solver
 from ..cointeract_core.weights.lora_delta import Update, to_kohya_state_dict
 from ..cointeract_core.weights.lora_stack import merged_weight
 from ._patcher import FallbackPatcher
@@ -26,6 +27,7 @@ from ._patcher import FallbackPatcher
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "COMFY_SAMPLERS",
     "MODELS_DIR_ENV",
     "MODEL_EXTENSIONS",
     "COINTERACT_FOLDER",
@@ -33,6 +35,7 @@ __all__ = [
     "ProcessingInterrupted",
     "check_interrupt",
     "comfy_available",
+    "comfy_solver",
     "get_torch_device",
     "interrupt_processing",
     "intermediate_device",
@@ -235,6 +238,53 @@ def latent_preview_callback(total: int, wan21_latents: bool) -> Callable[[int, t
         bar.update_absolute(done, total, preview)
 
     return callback
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Samplers: ComfyUI's own, driven by a core velocity (euler stays the core's official step, bit-identical to the CLI)
+
+COMFY_SAMPLERS = {"unipc": "uni_pc_bh2", "dpmpp_2m": "dpmpp_2m", "lcm": "lcm"}  # core name -> comfy.samplers name
+
+
+class _FlowDenoiser:
+    """What ComfyUI's samplers call as the model: x0 = x − σ·v(x, σ); it carries the flow model_sampling object
+    that KSAMPLER (noise scaling) and some samplers (lcm's re-noising) read."""
+
+    def __init__(self, velocity: FlowVelocity, model_sampling: Any) -> None:
+        self.velocity = velocity
+        self.inner_model = SimpleNamespace(model_sampling=model_sampling)
+        self.model_patcher = SimpleNamespace(get_model_object=lambda name: model_sampling)
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, model_options: Any = None, seed: Any = None):
+        s = float(sigma.reshape(-1)[0])
+        return x - s * self.velocity(x, s)
+
+
+def comfy_solver(sampler: str, shift: float) -> Solver | None:
+    """ComfyUI's implementation of core sampler `sampler` (COMFY_SAMPLERS) as a core Solver over our sigma table;
+    None outside ComfyUI and for euler. Its step callback gets the x0 estimate, as ComfyUI's previews show."""
+    if sampler not in COMFY_SAMPLERS or not comfy_available():
+        return None
+    samplers, ms = importlib.import_module("comfy.samplers"), importlib.import_module("comfy.model_sampling")
+
+    class FlowSampling(ms.ModelSamplingDiscreteFlow, ms.CONST):  # what ComfyUI's ModelSamplingSD3 node builds
+        pass
+
+    model_sampling = FlowSampling()
+    model_sampling.set_parameters(shift=shift, multiplier=1000)
+
+    def solve(velocity, noise, sigmas, callback, renoise) -> torch.Tensor:
+        if sampler == "lcm":  # our seeded noise streams, so a seed gives the same video as the CLI
+            ksampler = samplers.ksampler("lcm", {"noise_sampler": lambda s, s_next: renoise(noise)})
+        else:
+            ksampler = samplers.sampler_object(COMFY_SAMPLERS[sampler])
+        total = len(sigmas) - 1
+        step = None if callback is None else (lambda i, x0, x, n: callback(i + 1, total, x0))
+        table = sigmas.to(noise.device, copy=True)  # uni_pc writes into the table it is given
+        denoiser = _FlowDenoiser(velocity, model_sampling)
+        return ksampler.sample(denoiser, table, {}, step, noise, torch.zeros_like(noise), disable_pbar=True)
+
+    return solve
 
 
 # ---------------------------------------------------------------------------------------------------------------

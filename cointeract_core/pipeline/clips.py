@@ -15,11 +15,15 @@ from dataclasses import dataclass, field
 import torch
 
 from ..model.dit import CoInteractDiT
+from ..model.layout import SequenceLayout
 from ..runtime.offload import conditioning_to
 from ..sampling.cache import BlocksHook, StepCache
+from ..sampling.protocols import Solver
 from ..sampling.sampler import SamplerConfig, StepCallback, cfg_combine, sample
 from .conditioning import Conditioning, clip_count
+from .guidance import split_branches, stack_branches, use_batched_cfg
 from .heatmaps import router_probabilities
+from .noise import clip_renoise
 from .protocols import VideoVAE
 
 __all__ = ["VideoOptions", "GenerationResult", "generate"]
@@ -91,6 +95,35 @@ class _ClipSampler:
         self.router_sum, self.router_steps = None, 0
         self.cache = None if cfg.cache is None else StepCache(cfg.cache, cfg.steps)  # state of this clip only
         self.forwards = 0
+        self.both = None  # the two CFG branches as one batch of 2, when batched
+        if cfg.cfg != 1.0 and use_batched_cfg(cfg.cfg_batch, model, self._layout(cond, motion), dev):
+            self.both = stack_branches(self.pos, self.neg)
+
+    def _layout(self, cond: Conditioning, motion) -> SequenceLayout:
+        """The clip's token layout, for the memory planner."""
+        return SequenceLayout(
+            frames=self.frames,
+            latent_hw=tuple(cond.person.shape[-2:]),
+            patch_hw=self.model.cfg.patch_size[1:],
+            product=cond.product is not None,
+            motion=motion is not None,
+            hoi=self.opts.hoi_preview,
+        )
+
+    def _branches(self, x, t, hoi, routing):
+        """(positive, negative or None at cfg 1) DiT outputs: two calls, or one call on a batch of 2."""
+        if self.both is not None:
+            hoi2 = None if hoi is None else torch.cat([hoi, hoi])
+            hook = self._hook("cfg", passes=2)
+            out = self.model(torch.cat([x, x]), t, hoi=hoi2, return_router=routing, blocks_hook=hook, **self.both)
+            self.forwards += 2
+            return split_branches(out)
+        pos = self.model(x, t, hoi=hoi, return_router=routing, blocks_hook=self._hook("cond"), **self.pos)
+        self.forwards += 1
+        if self.cfg.cfg == 1.0:
+            return pos, None
+        self.forwards += 1
+        return pos, self.model(x, t, hoi=hoi, blocks_hook=self._hook("uncond"), **self.neg)
 
     def __call__(self, state: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """state [1, C, F(+F), h, w] (RGB then HOI latents along time) -> guided velocity of the same shape."""
@@ -101,26 +134,23 @@ class _ClipSampler:
         if self.cache is not None:
             self.cache.begin_step(x)  # one decision per step, for both branches
         with torch.no_grad():
-            pos = self.model(x, t, hoi=hoi, return_router=routing, blocks_hook=self._hook("cond"), **self.pos)
-            self.forwards += 1
+            pos, neg = self._branches(x, t, hoi, routing)
             if self.cache is not None:
                 self.cache.observe(pos.velocity)
             if routing and pos.router_logits is not None:  # None on a cached step
                 probs = router_probabilities(pos.router_logits)
                 self.router_sum = probs if self.router_sum is None else self.router_sum + probs
                 self.router_steps += 1
-            if self.cfg.cfg == 1.0:
-                return torch.cat([pos.velocity] + ([pos.hoi_velocity] if hoi is not None else []), dim=2)
-            neg = self.model(x, t, hoi=hoi, blocks_hook=self._hook("uncond"), **self.neg)
-            self.forwards += 1
+        if neg is None:
+            return torch.cat([pos.velocity] + ([pos.hoi_velocity] if hoi is not None else []), dim=2)
         parts = [cfg_combine(pos.velocity, neg.velocity, self.cfg.cfg)]
         if hoi is not None:
             parts.append(cfg_combine(pos.hoi_velocity, neg.hoi_velocity, self.cfg.cfg))
         return torch.cat(parts, dim=2)
 
-    def _hook(self, branch: str) -> BlocksHook | None:
-        """The step cache's blocks hook for a CFG branch, or None (run the blocks as usual)."""
-        return None if self.cache is None else self.cache.hook(branch)
+    def _hook(self, branch: str, passes: int = 1) -> BlocksHook | None:
+        """The step cache's blocks hook for a CFG branch (or both as a batch of 2), or None (run the blocks)."""
+        return None if self.cache is None else self.cache.hook(branch, passes)
 
     @property
     def passes(self) -> tuple[int, int]:
@@ -136,8 +166,11 @@ def generate(
     cfg: SamplerConfig | None = None,
     opts: VideoOptions | None = None,
     callback: StepCallback | None = None,
+    solver: Solver | None = None,
 ) -> GenerationResult:
-    """Person + product + prompts + audio features -> a long video of clips × 80 frames (see module docstring)."""
+    """Person + product + prompts + audio features -> a long video of clips × 80 frames (see module docstring).
+
+    solver: replaces cfg.sampler's core solver (the ComfyUI node passes ComfyUI's own samplers)."""
     cfg, opts = cfg or SamplerConfig(), opts or VideoOptions()
     if opts.hoi_preview and model.cfg.hoi is None:
         raise ValueError("HOI preview asked of a checkpoint without HOI weights (no depth_* keys); turn it off")
@@ -149,7 +182,7 @@ def generate(
     frames, hoi_frames, maps, history = [], [], [], None
     for r in range(n_clips):
         motion = None if history is None else vae.encode(history[:, :, -opts.motion_frames :])
-        latents, hoi, sampler = _sample_clip(model, cond, r, motion, cfg, opts, callback)
+        latents, hoi, sampler = _sample_clip(model, cond, r, motion, cfg, opts, callback, solver)
         prefix = cond.person if motion is None else motion
         clip = _decode_clip(vae, prefix, latents, opts.clip_frames).clamp(-1, 1)
         history = clip if history is None else torch.cat([history, clip], dim=2)[:, :, -opts.motion_frames :]
@@ -169,8 +202,9 @@ def generate(
     return result
 
 
-def _sample_clip(model, cond, r, motion, cfg, opts, callback):
-    """Noise for clip r (seed + r, fp32 on a CPU generator) -> (latents, HOI latents or None, the clip sampler)."""
+def _sample_clip(model, cond, r, motion, cfg, opts, callback, solver=None):
+    """Noise for clip r (seed + r, fp32 on a CPU generator; lcm's fresh noise from streams of seed + r too)
+    -> (latents, HOI latents or None, the clip sampler)."""
     c, (h, w), frames = cond.person.shape[1], cond.person.shape[-2:], opts.clip_frames // 4
     gen = torch.Generator("cpu").manual_seed(cfg.seed + r)
     noise = torch.randn(1, c, frames + 1, h, w, generator=gen)[:, :, 1:]  # latent 0 is the person's slot
@@ -178,7 +212,7 @@ def _sample_clip(model, cond, r, motion, cfg, opts, callback):
         noise = torch.cat([noise, torch.randn(1, c, frames, h, w, generator=gen)], dim=2)
     sampler = _ClipSampler(model, cond, r, motion, cfg, opts)
     dev = next(model.parameters()).device
-    state = sample(sampler, noise.to(dev), cfg, callback)
+    state = sample(sampler, noise.to(dev), cfg, callback, clip_renoise(cfg.seed + r, frames), solver)
     hoi = state[:, :, frames:] if opts.hoi_preview else None
     return state[:, :, :frames], hoi, sampler
 

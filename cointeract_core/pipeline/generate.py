@@ -22,7 +22,8 @@ import torch
 
 from ..media import load_audio, load_image, load_video, write_video
 from ..sampling.cache import StepCacheConfig
-from ..sampling.sampler import SamplerConfig
+from ..sampling.presets import SAMPLER_PRESETS
+from ..sampling.sampler import CFG_BATCH, SAMPLERS, SCHEDULERS, SamplerConfig
 from ..weights.lora_formats import LoRAError
 from .build import InputOptions, build_conditioning
 from .clips import GenerationResult, VideoOptions, generate
@@ -96,9 +97,20 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--width", type=int, help="frame width in pixels, rounded up to a multiple of 16 (480; toy 64)")
     g.add_argument("--clips", type=int, help="at most this many 80-frame clips (default: as long as the audio)")
     g.add_argument("--seed", type=int, default=0, help="clip r uses seed + r (0 reproduces the official noise)")
-    g.add_argument("--steps", type=int, default=40)
-    g.add_argument("--cfg", type=float, default=7.0)
-    g.add_argument("--shift", type=float, default=7.0)
+    g.add_argument("--preset", choices=list(SAMPLER_PRESETS), default="official",
+                   help="sampler settings: official (euler, 40 steps, shift 7, cfg 7), distill (lcm, 4 steps, shift 5, "
+                   "cfg 1: lightx2v step-distill LoRAs), lightning (euler, 4 steps, shift 5, cfg 1: Wan2.2-Lightning "
+                   "LoRAs); the flags below override it")  # fmt: skip
+    g.add_argument("--steps", type=int, help="sampler steps per clip (official 40)")
+    g.add_argument("--cfg", type=float, help="guidance scale (official 7; 1 = one DiT call per step)")
+    g.add_argument("--shift", type=float, help="sigma shift (official 7)")
+    g.add_argument("--sampler", choices=SAMPLERS, help="solver (official euler)")
+    g.add_argument("--scheduler", choices=SCHEDULERS, help="sigma table (official shifted)")
+    g.add_argument("--step-list", type=_step_list, metavar="T,T,...",
+                   help="explicit unshifted timesteps, e.g. 1000,750,500,250 (lightx2v denoising_step_list); sets "
+                   "--scheduler step_list and --steps")  # fmt: skip
+    g.add_argument("--cfg-batch", choices=CFG_BATCH, default="auto",
+                   help="both CFG passes as one batch of 2: auto (CUDA, when memory allows), on, off")  # fmt: skip
     g.add_argument("--float-timesteps", action="store_true", help="do not round timesteps through bf16")
     g.add_argument("--audio-stride", type=int, default=80, help="audio columns per clip (official code: 81)")
     g.add_argument("--person-fit", choices=("stretch", "cover"), default="stretch")
@@ -148,11 +160,28 @@ def _cache_config(args: argparse.Namespace) -> StepCacheConfig | None:
     return StepCacheConfig(threshold=args.cache_threshold, **given)
 
 
+def _step_list(text: str) -> tuple[float, ...]:
+    """'1000,750,500,250' -> (1000.0, 750.0, 500.0, 250.0)."""
+    try:
+        return tuple(float(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected timesteps like 1000,750,500,250, got {text!r}") from None
+
+
+def _sampler_config(args: argparse.Namespace) -> SamplerConfig:
+    """The preset, overridden by the sampler flags that were given; raises ValueError on bad values."""
+    given = {k: getattr(args, k) for k in ("steps", "shift", "cfg", "sampler", "scheduler")}
+    given = {k: v for k, v in given.items() if v is not None}
+    if args.step_list:
+        given = {"scheduler": "step_list", "steps": len(args.step_list), **given, "step_list": args.step_list}
+    return dataclasses.replace(
+        SAMPLER_PRESETS[args.preset], seed=args.seed, quantize_timesteps=not args.float_timesteps,
+        cfg_batch=args.cfg_batch, **given,
+    )  # fmt: skip
+
+
 def _options(args: argparse.Namespace) -> tuple[SamplerConfig, VideoOptions, InputOptions]:
-    sampler = SamplerConfig(
-        steps=args.steps, shift=args.shift, cfg=args.cfg, seed=args.seed, quantize_timesteps=not args.float_timesteps
-    )
-    sampler = dataclasses.replace(sampler, cache=_cache_config(args))
+    sampler = dataclasses.replace(_sampler_config(args), cache=_cache_config(args))
     video = VideoOptions(
         audio_stride=args.audio_stride, max_clips=args.clips, hoi_preview=args.hoi_preview, router_maps=args.router_maps
     )
@@ -170,6 +199,14 @@ def _options(args: argparse.Namespace) -> tuple[SamplerConfig, VideoOptions, Inp
         **extra,
     )
     return sampler, video, inputs
+
+
+def _parsed_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple:
+    """_options, with a bad value (e.g. --cfg nan) reported as a usage error before any model loads."""
+    try:
+        return _options(args)
+    except ValueError as err:
+        parser.error(str(err))
 
 
 def _check_model_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -316,7 +353,7 @@ def main(argv: list[str] | None = None, engines: Engines | None = None) -> int:
         scale=args.scale,
         pose=Path(args.pose_video) if args.pose_video else None,
     )
-    options = _options(args)  # invalid options fail before any model is loaded
+    options = _parsed_options(parser, args)  # invalid options fail before any model is loaded
     try:
         engines = engines or load_engines(args)
     except LoRAError as err:
@@ -367,11 +404,11 @@ def batch_main(argv: list[str] | None = None, engines: Engines | None = None) ->
     args = parser.parse_args(argv)
     if engines is None:
         _check_model_args(parser, args)
+    options = _parsed_options(parser, args)
     cases = read_demo_csv(Path(args.csv))
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     todo = [c for c in cases if not (out_dir / f"{c.audio.stem}.mp4").exists()]
-    options = _options(args)
     log.info("%d rows, %d already done", len(cases), len(cases) - len(todo))
     if todo:
         try:

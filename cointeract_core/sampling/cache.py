@@ -105,20 +105,21 @@ class StepCache:
             self.k = _mean_abs(v - self._v_full) / dx if dx > 0 else None
         self._x_full, self._v_full = self._x, v
 
-    def hook(self, branch: str) -> BlocksHook:
-        """The blocks hook of one CFG branch ("cond", "uncond", ...) for CoInteractDiT.forward(blocks_hook=...)."""
+    def hook(self, branch: str, passes: int = 1) -> BlocksHook:
+        """The blocks hook of one CFG branch ("cond", "uncond", or "cfg" for both as one batch of `passes` rows)
+        for CoInteractDiT.forward(blocks_hook=...)."""
 
         def run(tokens: torch.Tensor, blocks: BlocksFn) -> tuple[torch.Tensor, torch.Tensor | None]:
             cached = self._residual.get(branch)
             if self.skip and cached is not None and cached.shape == tokens.shape:
-                self.passes_skipped += 1
+                self.passes_skipped += passes
                 return tokens + cached, None  # [B, N, D]
             out, logits = blocks(tokens)
             if cached is not None and cached.shape == out.shape and cached.dtype == out.dtype:
                 torch.sub(out, tokens, out=cached)  # memory: reuse the buffer, no second residual alive
             else:
                 self._residual[branch] = out - tokens
-            self.passes_run += 1
+            self.passes_run += passes
             return out, logits
 
         return run

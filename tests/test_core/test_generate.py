@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -136,8 +137,51 @@ def test_step_cache_flags_reach_the_sampler_and_the_sidecar(engines, inputs):
     expected = {"threshold": 1e9, "start_step": 2, "end_steps_full": 1, "max_consecutive": None}
     assert side["sampler"]["cache"] == expected
     assert side["passes_skipped"] == [6] and side["passes_run"] == [6]  # steps 2-4 skipped in both branches
-    with pytest.raises(ValueError, match="need --cache-threshold"):
+    with pytest.raises(SystemExit):  # a usage error: "... need --cache-threshold"
         gen.main([*case, "--out", str(inputs / "never.mp4"), *RUN, "--cache-start", "3"], engines=engines)
     with pytest.raises(SystemExit):
         gen.main([*case, "--out", str(inputs / "never.mp4"), *RUN, "--cache-threshold", "nan"], engines=engines)
     assert not (inputs / "never.mp4").exists()
+
+
+def _sampler_args(argv: list[str]):
+    """The SamplerConfig that `cointeract generate` builds from these run flags."""
+    parser = gen.argparse.ArgumentParser()
+    gen._add_run_args(parser)
+    return gen._sampler_config(parser.parse_args(argv))
+
+
+def test_sampler_flags_reach_the_config():
+    assert _sampler_args([]) == gen.SamplerConfig()
+    cfg = _sampler_args(["--sampler", "unipc", "--scheduler", "simple", "--steps", "20", "--cfg", "5", "--shift", "3"])
+    assert (cfg.sampler, cfg.scheduler, cfg.steps, cfg.cfg, cfg.shift) == ("unipc", "simple", 20, 5.0, 3.0)
+    distill = _sampler_args(["--preset", "distill", "--seed", "4", "--cfg-batch", "off"])
+    assert (distill.sampler, distill.steps, distill.shift, distill.cfg, distill.seed) == ("lcm", 4, 5.0, 1.0, 4)
+    assert distill.cfg_batch == "off" and _sampler_args(["--preset", "lightning", "--steps", "8"]).steps == 8
+    listed = _sampler_args(["--preset", "distill", "--step-list", "1000,750,500,250"])
+    assert (listed.scheduler, listed.steps, listed.step_list) == ("step_list", 4, (1000.0, 750.0, 500.0, 250.0))
+
+
+@pytest.mark.parametrize(
+    "flags,match",
+    [
+        (["--cfg", "nan"], "cfg must be a finite number"),
+        (["--shift", "-1"], "shift must be a finite number > 0"),
+        (["--steps", "0"], "steps must be an integer >= 1"),
+        (["--step-list", "1000,750", "--steps", "3"], "steps == len"),
+        (["--sampler", "ddim"], "invalid choice: 'ddim' .choose from 'euler', 'unipc', 'dpmpp_2m', 'lcm'"),
+    ],
+)
+def test_bad_sampler_flags_are_usage_errors_before_loading(flags, match, capsys, inputs):
+    args = ["--person", str(inputs / "person.png"), "--prompt", "a", "--audio", "x.wav", "--out", "o.mp4", *flags]
+    with pytest.raises(SystemExit) as err:  # the bundle does not exist: the usage error must come before loading
+        gen.main([*args, "--bundle", str(inputs / "missing.safetensors")], engines=None)
+    assert err.value.code == 2 and re.search(match, capsys.readouterr().err)
+
+
+def test_sidecar_records_the_sampler(engines, inputs):
+    out = inputs / "distill.mp4"
+    args = ["--person", str(inputs / "person.png"), "--prompt", "a person", "--audio", str(inputs / "talk.wav")]
+    assert gen.main([*args, "--out", str(out), "--clips", "1", *RUN, "--preset", "distill"], engines=engines) == 0
+    side = json.loads(out.with_suffix(".json").read_text())["sampler"]
+    assert side["sampler"] == "lcm" and side["scheduler"] == "shifted" and side["cfg"] == 1.0 and side["steps"] == 2

@@ -60,3 +60,48 @@ def test_callback_can_cancel():
 def test_bad_sampler_config():
     with pytest.raises(ValueError, match="steps"):
         SamplerConfig(steps=0)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(sampler="dpm"), "unknown sampler 'dpm'; choose one of euler, unipc, dpmpp_2m, lcm"),
+        (dict(scheduler="karras"), "unknown scheduler 'karras'; choose one of shifted, simple, step_list"),
+        (dict(cfg_batch="yes"), "unknown cfg_batch 'yes'; choose one of auto, on, off"),
+        (dict(cfg=float("nan")), "cfg must be a finite number >= 0, got nan"),
+        (dict(cfg=float("inf")), "cfg must be a finite number"),
+        (dict(cfg=-1.0), "cfg must be a finite number >= 0"),
+        (dict(shift=float("nan")), "shift must be a finite number > 0"),
+        (dict(shift=0.0), "shift must be a finite number > 0"),
+        (dict(shift=-2.0), "shift must be"),
+        (dict(steps=-3), "steps must be an integer >= 1"),
+        (dict(steps=4.0), "steps must be an integer"),
+        (dict(steps=True), "steps must be an integer"),
+        (dict(step_list=(1000, 500)), "only read by scheduler 'step_list'"),
+        (dict(scheduler="step_list", steps=3, step_list=(1000, 500)), "steps == len"),
+        (dict(scheduler="step_list", steps=2, step_list=(500, 1000)), "must decrease"),
+        (dict(scheduler="step_list", steps=2, step_list=(1200, 500)), r"\(0, 1000\]"),
+    ],
+)
+def test_config_refuses_bad_values_with_clear_messages(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SamplerConfig(**kwargs)
+
+
+def test_config_defaults_are_the_official_ones_and_cfg_zero_is_allowed():
+    cfg = SamplerConfig()
+    assert (cfg.steps, cfg.shift, cfg.cfg, cfg.sampler, cfg.scheduler, cfg.cfg_batch) == (
+        40, 7.0, 7.0, "euler", "shifted", "auto"
+    )  # fmt: skip
+    assert torch.equal(cfg.sigmas(), sigma_schedule(40, 7.0))
+    SamplerConfig(cfg=0.0)  # the unconditional branch alone
+
+
+def test_presets():
+    from comfyui_cointeract.cointeract_core.sampling.presets import SAMPLER_PRESETS
+
+    assert SAMPLER_PRESETS["official"] == SamplerConfig()
+    distill, lightning = SAMPLER_PRESETS["distill"], SAMPLER_PRESETS["lightning"]
+    assert (distill.sampler, distill.steps, distill.shift, distill.cfg) == ("lcm", 4, 5.0, 1.0)
+    assert (lightning.sampler, lightning.steps, lightning.shift, lightning.cfg) == ("euler", 4, 5.0, 1.0)
+    torch.testing.assert_close(distill.sigmas(), torch.tensor([1.0, 0.9375, 5 / 6, 0.625, 0.0]), rtol=0, atol=1e-7)

@@ -131,7 +131,7 @@ def test_hoi_preview_and_router_maps_keep_rgb_equal(model):
 
 
 def test_works_under_any_solver_that_calls_the_velocity_once_per_step(model, monkeypatch):
-    def ab2(velocity, noise, cfg, callback=None):  # 2-step Adams–Bashforth: one velocity call per step
+    def ab2(velocity, noise, cfg, callback=None, *_):  # 2-step Adams–Bashforth: one velocity call per step
         sigmas, x, prev = sigma_schedule(cfg.steps, cfg.shift), noise, None
         for i in range(cfg.steps):
             v = velocity(x, sigmas[i : i + 1] * 1000)
@@ -200,3 +200,13 @@ def test_the_rule_on_a_known_sequence():
     # steps 4, 5: E = 0.125, 0.25 skip; step 6: E = 0.375 -> full; step 7: the tail
     assert decisions == [False, False, True, False, True, True, False, False]
     assert cache.k == pytest.approx(0.2) and cache.decisions == decisions
+
+
+def test_batched_cfg_skips_the_same_steps_as_two_passes(model):
+    sampler = SamplerConfig(steps=16, seed=11, shift=1.0, cfg=3.0, cache=StepCacheConfig(1.0, 3, 2, 3))
+    one = VideoOptions(max_clips=1)
+    two = generate(model, ToyCodec(1), _cond(90), dataclasses.replace(sampler, cfg_batch="off"), one)
+    batched = generate(model, ToyCodec(1), _cond(90), dataclasses.replace(sampler, cfg_batch="on"), one)
+    assert batched.passes_skipped == two.passes_skipped and batched.passes_run == two.passes_run
+    assert 0 < batched.passes_skipped[0] < 32 and batched.passes_run[0] + batched.passes_skipped[0] == 32
+    torch.testing.assert_close(batched.latents[0], two.latents[0], rtol=0, atol=1e-4)

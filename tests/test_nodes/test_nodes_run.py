@@ -262,3 +262,38 @@ def test_cancel_between_steps_unloads_the_model(comfy_inputs) -> None:
     assert not patched.loaded and not patched._backup
     assert all(torch.equal(before[k], v) for k, v in model.model.state_dict().items())
     services.check_interrupt()  # the request was consumed
+
+
+def test_sampler_choices_are_appended_last_with_official_defaults() -> None:
+    from comfyui_cointeract.cointeract_core.sampling.sampler import SAMPLERS
+
+    required = NODE_CLASS_MAPPINGS["CoInteractSampler"].INPUT_TYPES()["required"]
+    names = list(required)
+    assert names[-2:] == ["sampler_name", "scheduler"] and names[:5] == [
+        "model",
+        "vae",
+        "references",
+        "prompts",
+        "audio",
+    ]
+    assert names.index("router_heatmaps") == len(names) - 3  # saved workflows keep their widget order
+    assert required["sampler_name"][0] == list(SAMPLERS) and required["sampler_name"][1]["default"] == "euler"
+    assert required["scheduler"][0] == ["shifted", "simple"] and required["scheduler"][1]["default"] == "shifted"
+
+
+@pytest.mark.usefixtures("model_dir")
+def test_sampler_runs_every_solver_outside_comfyui(comfy_inputs) -> None:
+    pytest.importorskip("diffusers")
+    model = load()
+    refs, prompts, audio, _ = conditioning(comfy_inputs)
+    frames = {}
+    for name in ("euler", "unipc", "dpmpp_2m", "lcm"):
+        assert services.comfy_solver(name, 5.0) is None  # outside ComfyUI: the core's solvers
+        frames[name] = sample(model, comfy_inputs, refs, prompts, audio, steps=3, cfg=1.0, shift=5.0, max_clips=1,
+                              sampler_name=name, scheduler="simple")[0]  # fmt: skip
+        assert frames[name].shape == (80, 64, 64, 3) and torch.isfinite(frames[name]).all()
+    again = sample(model, comfy_inputs, refs, prompts, audio, steps=3, cfg=1.0, shift=5.0, max_clips=1,
+                   sampler_name="lcm", scheduler="simple")[0]  # fmt: skip
+    assert torch.equal(again, frames["lcm"]) and not torch.equal(frames["lcm"], frames["euler"])
+    with pytest.raises(ValueError, match="unknown sampler 'heun'; choose one of euler, unipc, dpmpp_2m, lcm"):
+        sample(model, comfy_inputs, refs, prompts, audio, sampler_name="heun")
