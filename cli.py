@@ -3,6 +3,8 @@
 A subcommand is a line in COMMANDS: the module (relative to this package) and the function that takes the
 remaining arguments, `main(argv: list[str]) -> int | None`, and parses them itself. A subcommand whose module
 does not exist yet says so and exits 2; one whose optional dependencies are missing names the extra to install.
+Every command runs inside the one error boundary (`cointeract_core/errors.py`): a user error is one line on stderr
+and exit 1, its traceback only with `-v`; a bug keeps its traceback.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .cointeract_core import __version__
+from .cointeract_core.errors import EXIT_INTERRUPTED, is_user_error, report_user_error
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +104,13 @@ def run_command(name: str, argv: Sequence[str]) -> int:
         if err.name is None or err.name.split(".")[0] == package.split(".")[0]:
             raise
         return _missing_dependency(name, err, cmd)
+    except KeyboardInterrupt:
+        print(f"cointeract {name}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as err:  # noqa: BLE001 - the one error boundary: user errors in one line, bugs re-raised
+        if not is_user_error(err):
+            raise
+        return report_user_error(f"cointeract {name}", err)
     return int(code or 0)
 
 

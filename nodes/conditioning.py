@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from ..cointeract_core.pipeline.checks import MAX_SIDE, check_reference_image, check_speech_duration
 from ..cointeract_core.pipeline.conditioning import NEGATIVE_PROMPT, clip_count, resample_features
 from . import services
 from .adapters import AUDIO_FRAME_RATE, ComfyTextEncoder, ComfyVAE, audio_hidden_states
@@ -29,6 +30,7 @@ def _one_image(image: torch.Tensor, what: str) -> torch.Tensor:
             f"the {what} image is a batch of {image.shape[0]} images; CoInteract takes one {what} image. "
             "Pick one (e.g. with ImageFromBatch, length 1)"
         )
+    check_reference_image(image.shape[1], image.shape[2], what)
     return image[0, :, :, :3].float().cpu()
 
 
@@ -38,6 +40,8 @@ def _check_size(height: int, width: int, vae: ComfyVAE) -> None:
         raise ValueError(f"width x height {width}x{height} must be multiples of {multiple} (VAE stride x patch 2)")
     if min(height, width) < smallest:
         raise ValueError(f"width x height {width}x{height} is too small: sides must be >= {smallest} pixels")
+    if max(height, width) > MAX_SIDE:
+        raise ValueError(f"width x height {width}x{height} is too large: sides must be <= {MAX_SIDE} pixels")
 
 
 class CoInteractReferences:
@@ -54,7 +58,7 @@ class CoInteractReferences:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
-        size = {"min": 64, "max": 4096, "step": 16}
+        size = {"min": 64, "max": MAX_SIDE, "step": 16}
         return {
             "required": {
                 "vae": ("VAE", {"tooltip": "The Wan 2.1 VAE (VAELoader, wan_2.1_vae.safetensors)."}),
@@ -176,6 +180,7 @@ class CoInteractAudio:
 
     def encode(self, audio_encoder_output: dict, audio: dict, allow_silence: bool) -> tuple[AudioFeatures, int]:
         waveform, rate = _speech(audio)
+        check_speech_duration(waveform.shape[-1], rate)
         hidden = audio_hidden_states(audio_encoder_output)
         encoded = audio_encoder_output.get("audio_samples")
         if encoded is not None and abs(encoded / ENCODER_RATE - waveform.shape[-1] / rate) > 0.1:

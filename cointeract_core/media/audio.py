@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import struct
 import wave
 from dataclasses import dataclass
 from fractions import Fraction
@@ -77,13 +78,46 @@ def decode_audio(path: Path) -> tuple[np.ndarray, int]:
     return samples.astype(np.float32, copy=False), rate
 
 
+def _wav_truncation(path: Path) -> str | None:
+    """For a RIFF/WAVE file: why it is truncated (it ends inside its header, or holds less sample data than its
+    header declares), else None. Streamed WAVs that declare 0 or 0xFFFFFFFF data bytes are not judged."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        byte_rate = 0
+        while True:
+            chunk = f.read(8)
+            if len(chunk) < 8:
+                return "it ends inside its header, before any sample data"
+            name, length = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+            if name == b"fmt ":
+                fmt = f.read(min(length, 16))
+                byte_rate = struct.unpack("<I", fmt[8:12])[0] if len(fmt) >= 12 else 0
+                f.seek(length - len(fmt) + length % 2, os.SEEK_CUR)
+            elif name == b"data":
+                held = size - f.tell()
+                if length in (0, 0xFFFFFFFF) or held >= length:
+                    return None
+                if not byte_rate:
+                    return f"it holds {held} of the {length} data bytes its header declares"
+                return f"it holds {held / byte_rate:.2f} s of the {length / byte_rate:.2f} s its header declares"
+            else:
+                f.seek(length + length % 2, os.SEEK_CUR)
+
+
 def load_audio(path: str | os.PathLike, sample_rate: int | None = 16000, mono: bool = True) -> AudioClip:
     """Decode any audio file -> AudioClip (float32 [T] mono by default, resampled to `sample_rate` if not None)."""
     path = require_file(path, "audio")
+    truncated = _wav_truncation(path)
+    if truncated:
+        raise ValueError(f"audio file {str(path)!r} is truncated: {truncated}; copy or export it again")
     try:
         samples, rate = decode_audio(path)
     except av.FFmpegError as e:
-        raise ValueError(f"could not decode audio from {str(path)!r} ({e}); convert it to WAV or MP3") from e
+        what = "is not a valid WAV file (damaged header?)" if path.suffix.lower() == ".wav" else "could not be decoded"
+        raise ValueError(f"audio file {str(path)!r} {what} ({e}); convert it to WAV or MP3") from e
     channels, n = samples.shape
     if n == 0:
         raise ValueError(f"audio file {str(path)!r} holds no samples; give a non-empty speech file")

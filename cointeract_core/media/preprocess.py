@@ -72,10 +72,14 @@ def resize_person(
     image: torch.Tensor, height: int, width: int, mode: Literal["stretch", "cover"] = "stretch"
 ) -> torch.Tensor:
     """Person reference [H0, W0, 3] -> [height, width, 3]: "stretch" (official inference) or "cover" (training)."""
+    if mode not in ("stretch", "cover"):
+        raise ValueError(f"person resize mode must be 'stretch' or 'cover'; got {mode!r}")
+    h0, w0 = image.shape[:2]
+    if (h0, w0) != (height, width):
+        how = "stretched (aspect ratio not kept)" if mode == "stretch" else "scaled to cover and centre-cropped"
+        logger.info("person image %dx%d (WxH) -> %dx%d, %s", w0, h0, width, height, how)
     if mode == "cover":
         return cover_crop(image, height, width)
-    if mode != "stretch":
-        raise ValueError(f"person resize mode must be 'stretch' or 'cover'; got {mode!r}")
     # batch_infer's `.resize((W, H))` uses Pillow's default filter, BICUBIC for RGB images; named here so that a
     # future Pillow default cannot change our numbers.
     return _from_pil(_to_pil(image).resize((width, height), Image.Resampling.BICUBIC))
@@ -88,6 +92,12 @@ def fit_product(image: torch.Tensor, height: int, width: int, margin: float = 1.
     h0, w0 = image.shape[:2]
     scale = min(width / w0, height / h0) / margin
     new_h, new_w = max(1, round(h0 * scale)), max(1, round(w0 * scale))
+    logger.info(
+        "product image %dx%d (WxH) -> %dx%d, centred on a black %dx%d frame (margin %g)",
+        w0, h0, new_w, new_h, width, height, margin,
+    )  # fmt: skip
+    if min(new_h, new_w) < 8:
+        logger.warning("the product is only %dx%d pixels in the frame; a less elongated image shows more", new_w, new_h)
     resized = _to_pil(image).resize((new_w, new_h), _filter(scale))
     canvas = Image.new("RGB", (width, height), (0, 0, 0))
     canvas.paste(resized, ((width - new_w) // 2, (height - new_h) // 2))

@@ -14,9 +14,11 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from ..errors import UserError
 from ..media.audio import is_silent
 from ..media.loudness import loudness_normalize
 from ..media.preprocess import cover_crop, fit_product, resize_person, round_resolution, to_model_range
+from .checks import check_reference_image, check_speech_duration
 from .conditioning import HOI_PREFIX, NEGATIVE_PROMPT, Conditioning, clip_count, resample_features
 from .protocols import AudioEncoder, TextEncoder, VideoVAE
 
@@ -56,7 +58,7 @@ def encode_prompts(encoder: TextEncoder, prompts: list[str], opts: InputOptions,
     """Per-clip prompts, negative, and (when `hoi`) the HOI-prefixed versions -> [1, L, text_dim] tensors."""
     if not prompts or any(not p.strip() for p in prompts):
         if not opts.allow_empty_prompt:
-            raise ValueError("a prompt is empty; describe the video (or allow empty prompts explicitly)")
+            raise UserError("a prompt is empty; describe the video (or allow empty prompts: --allow-empty-prompt)")
         prompts = prompts or [""]
     texts = list(prompts) + [opts.negative_prompt]
     if hoi:
@@ -75,9 +77,13 @@ def audio_features(encoder: AudioEncoder, waveform: torch.Tensor, sample_rate: i
         raise ValueError(f"expected a non-empty mono waveform [T]; got shape {tuple(waveform.shape)}")
     if sample_rate != encoder.sample_rate:
         raise ValueError(f"audio is {sample_rate} Hz but the encoder needs {encoder.sample_rate} Hz; resample it")
+    check_speech_duration(waveform.numel(), sample_rate)
     if is_silent(waveform):
         if not opts.allow_silence:
-            raise ValueError("the audio is silent (below -60 dBFS); give speech, or allow silence explicitly")
+            raise UserError(
+                "the audio is silent (below -60 dBFS); give speech, or allow silence: --allow-silence (the lips "
+                "will not move)"
+            )
         log.warning("the audio is silent: the lips will not move")
     elif opts.loudness_lufs is not None:
         waveform = loudness_normalize(waveform, sample_rate, opts.loudness_lufs)
@@ -89,6 +95,9 @@ def audio_features(encoder: AudioEncoder, waveform: torch.Tensor, sample_rate: i
 def pose_latents(vae: VideoVAE, frames: torch.Tensor, n_clips: int, hw: tuple[int, int], clip: int = 80) -> tuple:
     """Pose video [T, H0, W0, 3] uint8 at 25 fps -> per clip [1, C, clip/4, h, w]: 80 frames (black past the end),
     the first repeated in front (81 frames), encoded, latent 0 dropped (official)."""
+    if tuple(frames.shape[1:3]) != tuple(hw):
+        log.info("pose video %dx%d (WxH) -> %dx%d, scaled to cover and centre-cropped", frames.shape[2],
+                 frames.shape[1], hw[1], hw[0])  # fmt: skip
     video = torch.stack([cover_crop(f.float() / 255.0, *hw) for f in frames])  # [T, H, W, 3]
     video = video.permute(3, 0, 1, 2)[None] * 2 - 1  # [1, 3, T, H, W]
     out = []
@@ -124,6 +133,9 @@ def build_conditioning(
     opts = opts or InputOptions()
     if not math.isfinite(product_scale) or product_scale <= 0:
         raise ValueError(f"product scale must be a positive number; got {product_scale}")
+    check_reference_image(*person.shape[:2], "person")
+    if product is not None:
+        check_reference_image(*product.shape[:2], "product")
     h, w = frame_size(opts, vae)
     texts = encode_prompts(text_encoder, prompts, opts, hoi)
     audio = audio_features(audio_encoder, waveform, sample_rate, opts)

@@ -3,10 +3,41 @@ clip has been sampled. Messages name the input to change (they reach ComfyUI use
 
 from __future__ import annotations
 
+from ..errors import UserError
 from ..model.config import DiTConfig
 from .conditioning import Conditioning, clip_count
 
-__all__ = ["check_conditioning"]
+__all__ = [
+    "check_conditioning",
+    "check_reference_image",
+    "check_speech_duration",
+    "MAX_SIDE",
+    "MIN_REFERENCE_SIDE",
+    "MIN_SPEECH_SECONDS",
+]
+
+MAX_SIDE = 4096  # the largest frame side the nodes and the CLI accept (the model was trained at 832 x 480, 1280 x 720)
+MIN_REFERENCE_SIDE = 16  # a person or product image smaller than this on a side holds nothing to recognise
+MIN_SPEECH_SECONDS = 0.1  # wav2vec2 needs 2 feature frames (~45 ms) for one 25 fps video frame; 0.1 s with margin
+
+
+def check_reference_image(height: int, width: int, what: str) -> None:
+    """Refuse a person / product image [height, width] with a side under MIN_REFERENCE_SIDE pixels."""
+    if min(height, width) < MIN_REFERENCE_SIDE:
+        raise UserError(
+            f"the {what} image is {width}x{height} (WxH); it must be at least {MIN_REFERENCE_SIDE}x"
+            f"{MIN_REFERENCE_SIDE} pixels: give a larger image"
+        )
+
+
+def check_speech_duration(samples: int, sample_rate: int) -> None:
+    """Refuse speech shorter than MIN_SPEECH_SECONDS (too short for one video frame)."""
+    seconds = samples / sample_rate
+    if seconds < MIN_SPEECH_SECONDS:
+        raise UserError(
+            f"the speech is {seconds:.2f} s; at least {MIN_SPEECH_SECONDS:.2f} s is needed for one video frame "
+            "(a clip is 3.2 s): give a longer recording"
+        )
 
 
 def _text_problems(cfg: DiTConfig, cond: Conditioning) -> list[str]:

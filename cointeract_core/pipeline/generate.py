@@ -20,17 +20,21 @@ from typing import Any
 
 import torch
 
-from ..media import load_audio, load_image, load_video, write_video
+from ..errors import UserError
+from ..media import atomic_output, load_audio, load_image, load_video, write_video
 from ..sampling.cache import StepCacheConfig
 from ..sampling.presets import SAMPLER_PRESETS
 from ..sampling.sampler import CFG_BATCH, SAMPLERS, SCHEDULERS, SamplerConfig
 from ..weights.lora_formats import LoRAError
+from . import preflight
 from .build import InputOptions, build_conditioning
+from .checks import MAX_SIDE
 from .clips import GenerationResult, VideoOptions, generate
 from .heatmaps import overlay_heatmaps
 
 __all__ = ["Case", "Engines", "main", "batch_main", "run_case", "load_engines"]
 log = logging.getLogger(__name__)
+MAX_SEED = 2**53 - 1  # as the sampler node (the editor's numbers are doubles)
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -62,7 +66,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--bundle", help="a toy bundle (`cointeract demo`): DiT + codec + encoders in one file, fp32")
     g.add_argument("--dit", nargs="+", help="Wan2.2-S2V DiT: single file, any shard, index or folder")
     g.add_argument("--cointeract", help="CoInteract checkpoint (LoRA + MoE [+ HOI]) merged into the base")
-    g.add_argument("--lora-strength", type=float, default=1.0, help="multiplier on the CoInteract LoRA (official 1.0)")
+    g.add_argument("--lora-strength", type=_number(float), default=1.0,
+                   help="multiplier on the CoInteract LoRA (official 1.0)")  # fmt: skip
     g.add_argument(
         "--lora",
         action="append",
@@ -86,17 +91,28 @@ def _lora_arg(text: str) -> tuple[str, float]:
     from ..weights.lora_stack import parse_lora_spec
 
     path, strength = parse_lora_spec(text)
+    head, _, tail = text.rpartition(":")
+    if not Path(path).is_file() and head and Path(head).is_file():
+        raise argparse.ArgumentTypeError(f"the strength of {head} must be a number, got {tail!r}")
     if not Path(path).is_file():
-        raise argparse.ArgumentTypeError(f"LoRA file not found: {path}")
+        what = "is a folder; give the LoRA file" if Path(path).is_dir() else "not found"
+        raise argparse.ArgumentTypeError(f"LoRA file {what}: {path}")
+    if not math.isfinite(strength):
+        raise argparse.ArgumentTypeError(f"the strength of {path} must be a finite number, got {strength}")
     return path, strength
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("generation")
-    g.add_argument("--height", type=int, help="frame height in pixels, rounded up to a multiple of 16 (832; toy 64)")
-    g.add_argument("--width", type=int, help="frame width in pixels, rounded up to a multiple of 16 (480; toy 64)")
-    g.add_argument("--clips", type=int, help="at most this many 80-frame clips (default: as long as the audio)")
-    g.add_argument("--seed", type=int, default=0, help="clip r uses seed + r (0 reproduces the official noise)")
+    side = _number(int, 1, MAX_SIDE)
+    g.add_argument("--height", type=side, help=f"frame height in pixels, rounded up to a multiple of 16 (832; toy 64; "
+                   f"at most {MAX_SIDE})")  # fmt: skip
+    g.add_argument("--width", type=side, help=f"frame width in pixels, rounded up to a multiple of 16 (480; toy 64; "
+                   f"at most {MAX_SIDE})")  # fmt: skip
+    g.add_argument("--clips", type=_number(int, 1), help="at most this many 80-frame clips (default: as long as the "
+                   "audio)")  # fmt: skip
+    g.add_argument("--seed", type=_number(int, 0, MAX_SEED), default=0,
+                   help="clip r uses seed + r (0 reproduces the official noise)")  # fmt: skip
     g.add_argument("--preset", choices=list(SAMPLER_PRESETS), default="official",
                    help="sampler settings: official (euler, 40 steps, shift 7, cfg 7), distill (lcm, 4 steps, shift 5, "
                    "cfg 1: lightx2v step-distill LoRAs), lightning (euler, 4 steps, shift 5, cfg 1: Wan2.2-Lightning "
@@ -112,10 +128,13 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cfg-batch", choices=CFG_BATCH, default="auto",
                    help="both CFG passes as one batch of 2: auto (CUDA, when memory allows), on, off")  # fmt: skip
     g.add_argument("--float-timesteps", action="store_true", help="do not round timesteps through bf16")
-    g.add_argument("--audio-stride", type=int, default=80, help="audio columns per clip (official code: 81)")
+    g.add_argument("--audio-stride", type=_number(int, 1), default=80, help="audio columns per clip (official code: "
+                   "81)")  # fmt: skip
     g.add_argument("--person-fit", choices=("stretch", "cover"), default="stretch")
-    g.add_argument("--product-margin", type=float, default=1.25, help="official inference 1.25, training 1.0")
-    g.add_argument("--loudness", type=float, help="normalise speech to this LUFS first (training uses -23)")
+    g.add_argument("--product-margin", type=_number(float, 1), default=1.25,
+                   help="official inference 1.25, training 1.0")  # fmt: skip
+    g.add_argument("--loudness", type=_number(float, -70, 0), help="normalise speech to this LUFS first (training "
+                   "uses -23)")  # fmt: skip
     g.add_argument("--negative-prompt", help="replace the official negative prompt")
     g.add_argument("--allow-silence", action="store_true", help="accept silent audio (the lips will not move)")
     g.add_argument("--allow-empty-prompt", action="store_true")
@@ -124,13 +143,19 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     _add_cache_args(p)
 
 
-def _number(kind: type, low: float):
-    """An argparse type: a finite `kind` >= low."""
+def _number(kind: type, low: float = -math.inf, high: float = math.inf, *, above: bool = False):
+    """An argparse type: a finite `kind` in [low, high] (low excluded when `above`)."""
+    name = "an integer" if kind is int else "a finite number"
+    wanted = (f"> {low}" if above else f">= {low}") if high == math.inf else f"from {low} to {high}"
+    wanted = "" if low == -math.inf and high == math.inf else wanted
 
     def parse(text: str):
-        value = kind(text)
-        if not math.isfinite(value) or value < low:
-            raise argparse.ArgumentTypeError(f"expected a finite number >= {low}, got {text}")
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {name}, got {text!r}") from None
+        if not math.isfinite(value) or value < low or value > high or (above and value == low):
+            raise argparse.ArgumentTypeError(f"expected {name} {wanted}".rstrip() + f", got {text}")
         return value
 
     return parse
@@ -288,21 +313,34 @@ def run_case(
         hoi=video.hoi_preview,
         opts=inputs,
     )
+    device = str(next(engines.model.parameters()).device) if isinstance(engines.model, torch.nn.Module) else "cpu"
+    preflight.check_engines_memory(engines.model, engines.vae, inputs, video.hoi_preview, device)
     start = time.perf_counter()
     result = generate(engines.model, engines.vae, cond, sampler, video, _progress(out.name))
-    _write_outputs(result, out, original.waveform, original.sample_rate)
     sidecar = _sidecar(case, result, sampler, video, inputs, time.perf_counter() - start, engines.loras)
-    out.with_suffix(".json").write_text(json.dumps(sidecar, indent=2))
+    _write_outputs(result, out, original.waveform, original.sample_rate, sidecar)
     return sidecar
 
 
-def _write_outputs(result: GenerationResult, out: Path, audio: torch.Tensor, rate: int) -> None:
-    write_video(out, result.frames, result.fps, audio, rate)
-    if result.hoi_frames is not None:
-        write_video(out.with_suffix(".hoi.mp4"), result.hoi_frames, result.fps, audio, rate)
-    if result.router_maps is not None:
-        overlay = overlay_heatmaps(result.frames[: result.router_maps.shape[0]], result.router_maps)
-        write_video(out.with_suffix(".router.mp4"), overlay, result.fps, audio, rate)
+def _write_outputs(result: GenerationResult, out: Path, audio: torch.Tensor, rate: int, sidecar: dict) -> None:
+    """The video, its optional previews and the .json sidecar; on any failure none of them is left behind."""
+    written: list[Path] = []
+    try:
+        write_video(out, result.frames, result.fps, audio, rate)
+        written.append(out)
+        if result.hoi_frames is not None:
+            write_video(out.with_suffix(".hoi.mp4"), result.hoi_frames, result.fps, audio, rate)
+            written.append(out.with_suffix(".hoi.mp4"))
+        if result.router_maps is not None:
+            overlay = overlay_heatmaps(result.frames[: result.router_maps.shape[0]], result.router_maps)
+            write_video(out.with_suffix(".router.mp4"), overlay, result.fps, audio, rate)
+            written.append(out.with_suffix(".router.mp4"))
+        with atomic_output(out.with_suffix(".json")) as tmp:
+            tmp.write_text(json.dumps(sidecar, indent=2))
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
 
 
 def _sidecar(case, result, sampler, video, inputs, seconds: float, loras: tuple = ()) -> dict:
@@ -328,7 +366,8 @@ def _sidecar(case, result, sampler, video, inputs, seconds: float, loras: tuple 
 def _case_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--person", required=True, help="person image (any size; RGBA/grayscale are converted)")
     p.add_argument("--product", help="product image")
-    p.add_argument("--scale", type=float, default=1.0, help="product RoPE scale (official CSV `scale`)")
+    p.add_argument("--scale", type=_number(float, 0, above=True), default=1.0,
+                   help="product RoPE scale (official CSV `scale`)")  # fmt: skip
     p.add_argument("--prompt", action="append", required=True, help="prompt; repeat for per-clip prompts")
     p.add_argument("--audio", required=True, help="speech (wav/mp3/m4a/flac; any rate, any channel count)")
     p.add_argument("--pose-video", help="pose video (resampled to 25 fps), as with checkpoint_pose.safetensors")
@@ -354,6 +393,9 @@ def main(argv: list[str] | None = None, engines: Engines | None = None) -> int:
         pose=Path(args.pose_video) if args.pose_video else None,
     )
     options = _parsed_options(parser, args)  # invalid options fail before any model is loaded
+    preflight.check_output_file(Path(args.out))
+    if engines is None:
+        preflight.check_models(args)
     try:
         engines = engines or load_engines(args)
     except LoRAError as err:
@@ -386,11 +428,22 @@ def read_demo_csv(path: Path) -> list[Case]:
                     person=base / row["person_image"].strip(),
                     prompts=tuple(p for p in (row["prompt"].strip(), opt["prompt2"], opt["prompt3"]) if p),
                     product=base / opt["product_image"] if opt["product_image"] else None,
-                    scale=float(opt["scale"]) if opt["scale"] else 1.0,
+                    scale=_csv_scale(opt["scale"], path.name, i),
                     pose=base / opt["pose_video"] if opt["pose_video"] else None,
                 )
             )
     return cases
+
+
+def _csv_scale(text: str, name: str, line: int) -> float:
+    """The CSV `scale` column: a finite number > 0 (1.0 when empty)."""
+    try:
+        value = float(text) if text else 1.0
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise UserError(f"{name} line {line}: scale must be a number > 0, got {text!r}")
+    return value
 
 
 def batch_main(argv: list[str] | None = None, engines: Engines | None = None) -> int:
@@ -407,6 +460,9 @@ def batch_main(argv: list[str] | None = None, engines: Engines | None = None) ->
     options = _parsed_options(parser, args)
     cases = read_demo_csv(Path(args.csv))
     out_dir = Path(args.out_dir)
+    preflight.check_output_dir(out_dir)
+    if engines is None:
+        preflight.check_models(args)
     out_dir.mkdir(parents=True, exist_ok=True)
     todo = [c for c in cases if not (out_dir / f"{c.audio.stem}.mp4").exists()]
     log.info("%d rows, %d already done", len(cases), len(cases) - len(todo))

@@ -111,6 +111,8 @@ def _codec(meta: dict, state: dict[str, torch.Tensor]) -> ToyCodec | PCAToyCodec
 
 def _metadata(path: Path) -> dict[str, str]:
     """The file's safetensors metadata; BundleError when the file is missing, not safetensors, or damaged."""
+    if path.is_dir():
+        raise BundleError(f"toy bundle {path} is a folder; give the bundle file (.safetensors)")
     if not path.is_file():
         raise BundleError(f"toy bundle {path} does not exist")
     try:

@@ -218,8 +218,8 @@ def _resolve(path: Path) -> tuple[Path | None, Path | None]:
         if len(files) == 1 and not indexes:
             return None, files[0]
         raise ValueError(
-            f"{path} holds {len(indexes)} index files and {len(files)} .safetensors files; "
-            "pass the index.json or the single file you mean"
+            f"{path} is a folder holding {len(indexes)} index files and {len(files)} .safetensors files; "
+            "pass the index.json of a sharded checkpoint, one of its shards, or the single file you mean"
         )
     if path.name.endswith(".json"):
         return path, None

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import pytest
 import torch
 
+from comfyui_cointeract.cointeract_core.errors import UserError
 from comfyui_cointeract.cointeract_core.pipeline.build import InputOptions, build_conditioning, frame_size, pose_latents
 from comfyui_cointeract.cointeract_core.pipeline.conditioning import HOI_PREFIX
 from comfyui_cointeract.cointeract_core.toy.audio import ToyAudioFeatures
@@ -68,6 +70,9 @@ def test_pose_chunks_pad_black_and_drop_the_repeated_first_latent():
         (dict(waveform=torch.zeros(16000)), "silent"),
         (dict(product_scale=0.0), "product scale"),
         (dict(opts=InputOptions(height=8, width=64)), "too small"),
+        (dict(product=torch.rand(1, 1, 3)), r"product image is 1x1 \(WxH\); it must be at least 16x16"),
+        (dict(product=torch.rand(300, 15, 3)), "product image is 15x300"),
+        (dict(waveform=_speech(0.04)), r"the speech is 0.04 s; at least 0.10 s is needed"),
     ],
 )
 def test_bad_inputs(kwargs, match):
@@ -78,9 +83,28 @@ def test_bad_inputs(kwargs, match):
             ToyCodec(2),
             ToyTextEncoder(32),
             ToyAudioFeatures(16),
-            torch.rand(8, 8, 3),
+            torch.rand(16, 16, 3),
             args.pop("prompts"),
             args.pop("waveform"),
             16000,
             **args,
         )
+
+
+def test_a_tiny_person_image_is_refused_naming_the_minimum():
+    with pytest.raises(UserError, match=r"person image is 1x1 \(WxH\); it must be at least 16x16 pixels"):
+        build_conditioning(
+            ToyCodec(2), ToyTextEncoder(32), ToyAudioFeatures(16), torch.rand(1, 1, 3), ["hi"], _speech(1.0), 16000,
+            opts=OPTS,
+        )  # fmt: skip
+
+
+def test_resizes_are_logged_with_before_and_after(caplog):
+    with caplog.at_level(logging.INFO):
+        build_conditioning(
+            ToyCodec(2), ToyTextEncoder(32), ToyAudioFeatures(16), torch.rand(3000, 200, 3), ["hi"], _speech(1.0),
+            16000, product=torch.rand(40, 30, 3), opts=OPTS,
+        )  # fmt: skip
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum("person image 200x3000 (WxH) -> " in m and "stretched" in m for m in lines) == 1
+    assert sum(m.startswith("product image 30x40 (WxH) -> ") for m in lines) == 1
