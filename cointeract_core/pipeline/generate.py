@@ -458,9 +458,9 @@ def batch_main(argv: list[str] | None = None, engines: Engines | None = None) ->
     if engines is None:
         _check_model_args(parser, args)
     options = _parsed_options(parser, args)
-    cases = read_demo_csv(Path(args.csv))
     out_dir = Path(args.out_dir)
     preflight.check_output_dir(out_dir)
+    cases = read_demo_csv(Path(args.csv))
     if engines is None:
         preflight.check_models(args)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -112,6 +112,10 @@ def _need(cfg: DiTConfig, h: int, w: int, stride: int, hoi: bool) -> int:
     return activation_bytes(cfg, layout)
 
 
+def _size(n: int) -> str:
+    return f"{n / GiB:.1f} GiB" if n >= GiB else f"{n / (1 << 20):.0f} MiB"
+
+
 def check_memory(cfg: DiTConfig, height: int, width: int, stride: int, device: torch.device, hoi: bool) -> None:
     """Refuse a frame size whose activations (memory_plan estimate) exceed the free memory; say what size fits."""
     free = available_bytes(device)
@@ -127,8 +131,7 @@ def check_memory(cfg: DiTConfig, height: int, width: int, stride: int, device: t
     fits = _need(cfg, h, w, stride, hoi) <= free
     where = "RAM available" if device.type == "cpu" else f"memory free on {device}"
     raise UserError(
-        f"{height}x{width} (HxW) needs about {need / GiB:.1f} GiB for the model's activations but "
-        f"{free / GiB:.1f} GiB of {where}; "
+        f"{height}x{width} (HxW) needs about {_size(need)} for the model's activations but {_size(free)} of {where}; "
         + (f"about --height {h} --width {w} fits" if fits else "no frame size fits: free memory first")
         + (" (or turn off --hoi-preview)" if hoi else "")
     )

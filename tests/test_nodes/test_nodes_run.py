@@ -165,6 +165,22 @@ def test_references(comfy_inputs, make_vae) -> None:
         run("CoInteractReferences", person=comfy_inputs.person, **{**node, "width": 72})
     with pytest.raises(ValueError, match="too small"):
         run("CoInteractReferences", person=comfy_inputs.person, **{**node, "width": 48})
+    with pytest.raises(ValueError, match="too large: sides must be <= 4096"):
+        run("CoInteractReferences", person=comfy_inputs.person, **{**node, "width": 4112})
+
+
+@pytest.mark.parametrize("which", ["person", "product"])
+def test_references_refuse_a_tiny_image_naming_the_minimum(comfy_inputs, which) -> None:
+    images = {"person": comfy_inputs.person, "product": comfy_inputs.product, which: torch.rand(1, 1, 1, 3)}
+    node = dict(vae=comfy_inputs.vae, width=64, height=64, product_scale=1.0, person_fit="stretch")
+    with pytest.raises(ValueError, match=rf"the {which} image is 1x1 \(WxH\); it must be at least 16x16 pixels"):
+        run("CoInteractReferences", **images, **node)
+
+
+def test_audio_refuses_speech_too_short_for_one_frame(comfy_inputs) -> None:
+    short = {"waveform": comfy_inputs.audio["waveform"][..., : int(0.04 * 44100)], "sample_rate": 44100}
+    with pytest.raises(ValueError, match=r"the speech is 0.04 s; at least 0.10 s is needed"):
+        NODE_CLASS_MAPPINGS["CoInteractAudio"]().encode(comfy_inputs.encoder_output, short, False)
 
 
 def test_wrong_vae(comfy_inputs) -> None:
