@@ -98,7 +98,8 @@ class DistillConfig:
 
 @dataclass
 class TeacherClip:
-    """One training pair: the student's DiT inputs for a clip, the teacher's noise seed and output x0* [1, C, F, h, w]."""
+    """One training pair: the student's DiT inputs for a clip, the teacher's seed, noise and output x0*
+    (noise and x0* [1, C, F, h, w])."""
 
     story: int
     clip: int
@@ -209,13 +210,13 @@ def train_lora(
 ) -> list[float]:
     """Train the LoRA factors in `model` (after add_lora) on teacher clips -> the loss of every iteration.
 
-    AdamW, warm-up 20 iterations then cosine to 0, gradient norm clipped at 1; one clip per iteration drawn from a
-    generator seeded by cfg.seed (deterministic on one thread)."""
+    AdamW, warm-up min(20, iters / 10) iterations then cosine to 0, gradient norm clipped at 1; one clip per
+    iteration drawn from a generator seeded by cfg.seed (deterministic on one thread)."""
     params = lora_parameters(model)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    warm = min(20, cfg.iters)
+    warm, rest = min(20, max(1, cfg.iters // 10)), max(1, cfg.iters - min(20, max(1, cfg.iters // 10)))
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda i: (i + 1) / warm if i < warm else 0.5 * (1 + math.cos(math.pi * (i - warm) / (cfg.iters - warm)))
+        opt, lambda i: (i + 1) / warm if i < warm else 0.5 * (1 + math.cos(math.pi * min(1.0, (i - warm) / rest)))
     )
     gen, sigmas, losses = torch.Generator().manual_seed(cfg.seed), STUDENT.sigmas(), []
     order: list[int] = []
@@ -276,9 +277,10 @@ def compare(ref: GenerationResult, res: GenerationResult) -> dict[str, float]:
     }
 
 
-def _timed(run: Callable[[], GenerationResult]) -> tuple[GenerationResult, float]:
+def _timed(model: nn.Module, codec, cond: Conditioning, sampler: SamplerConfig, opts: VideoOptions) -> tuple:
+    """`generate(...)` -> (its result, the CPU seconds it took)."""
     t = time.process_time()
-    result = run()
+    result = generate(model, codec, cond, sampler, opts)
     return result, time.process_time() - t
 
 
@@ -305,11 +307,11 @@ def measure(
     for story, cond, seed, ref in stories:
         teacher_s = math.nan
         if ref is None:
-            ref, teacher_s = _timed(lambda: generate(base[0], base[1], cond, dataclasses.replace(TEACHER, seed=seed), opts))
+            ref, teacher_s = _timed(base[0], base[1], cond, dataclasses.replace(TEACHER, seed=seed), opts)
         rows.append({"story": story, "setting": "teacher (euler 40, cfg 3, shift 1)", "s_per_clip": teacher_s / clips,
                      "frames": 0.0, "latents": 0.0, "psnr": math.inf})  # fmt: skip
         for name, (model, codec, *_), sampler in settings:
-            res, s = _timed(lambda: generate(model, codec, cond, dataclasses.replace(sampler, seed=seed), opts))
+            res, s = _timed(model, codec, cond, dataclasses.replace(sampler, seed=seed), opts)
             rows.append({"story": story, "setting": name, "s_per_clip": s / clips} | compare(ref, res))
     return rows
 
@@ -319,7 +321,7 @@ def _table(rows: list[dict]) -> str:
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
         groups.setdefault((r["story"].split(":")[0], r["setting"]), []).append(r)
-    lines = ["| stories | setting | frames rel. err | latents rel. err | PSNR dB | CPU s / clip |", "|---|---|---|---|---|---|"]
+    lines = ["| stories | setting | frames rel. err | latents rel. err | PSNR dB | CPU s / clip |", "|---" * 6 + "|"]
     for (group, setting), rs in groups.items():
         mean = {k: sum(r.get(k, math.nan) for r in rs) / len(rs) for k in ("frames", "latents", "psnr", "s_per_clip")}
         lines.append(
