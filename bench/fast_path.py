@@ -19,6 +19,7 @@ plain weights are from the official result; they are not a quality claim.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import math
 
@@ -28,11 +29,15 @@ from step_cache_toy import timed, toy_story
 
 from comfyui_cointeract.cointeract_core.model.dit import CoInteractDiT
 from comfyui_cointeract.cointeract_core.model.init import init_random
-from comfyui_cointeract.cointeract_core.pipeline.clips import GenerationResult, VideoOptions, generate
+from comfyui_cointeract.cointeract_core.pipeline.clips import VideoOptions, generate
 from comfyui_cointeract.cointeract_core.pipeline.conditioning import Conditioning
 from comfyui_cointeract.cointeract_core.sampling.cache import StepCacheConfig
 from comfyui_cointeract.cointeract_core.sampling.sampler import SamplerConfig
 from comfyui_cointeract.cointeract_core.toy.codec import ToyCodec
+from comfyui_cointeract.cointeract_core.weights.lora_stack import apply_loras
+from comfyui_cointeract.train.demo.distill import compare
+
+DISTILL_LORA = C.ROOT / "cointeract_core" / "toy" / "assets" / "toy_distill_lora.safetensors"
 
 
 def settings(official: SamplerConfig) -> dict[str, SamplerConfig]:
@@ -72,26 +77,18 @@ def shaped_story(dim: int, layers: int, clips: int):
     return model, codec, cond
 
 
-def errors(ref: GenerationResult, res: GenerationResult) -> dict[str, float]:
-    """Relative L2 error of frames and latents, PSNR of the frames (in [0, 1])."""
-    lat_ref, lat = torch.cat(ref.latents, dim=2), torch.cat(res.latents, dim=2)
-    mse = float(((res.frames - ref.frames) ** 2).mean())
-    return {
-        "frames": float((res.frames - ref.frames).norm() / ref.frames.norm()),
-        "latents": float((lat - lat_ref).norm() / lat_ref.norm()),
-        "psnr": 10 * math.log10(1 / mse) if mse > 0 else math.inf,
-    }
-
-
-def run_model(name: str, model, codec, cond, official: SamplerConfig, clips: int, repeats: int) -> None:
-    """Print one table: every setting against the official schedule on this model."""
+def run_model(name: str, model, codec, cond, official: SamplerConfig, clips: int, repeats: int, distilled=None) -> None:
+    """Print one table: every setting against the official schedule on this model (and its distilled copy)."""
     opts = VideoOptions(max_clips=clips)
-    run = lambda s: lambda: generate(model, codec, cond, s, opts)  # noqa: E731
+    run = lambda s, m=model: lambda: generate(m, codec, cond, s, opts)  # noqa: E731
     ref, ref_s = timed(run(official), repeats)
-    rows = []
-    for label, sampler in settings(official).items():
-        res, seconds = (ref, ref_s) if sampler is official else timed(run(sampler), repeats)
-        e = errors(ref, res)
+    rows, cases = [], [(label, sampler, model) for label, sampler in settings(official).items()]
+    if distilled is not None:
+        few = dataclasses.replace(official, steps=4, cfg=1.0, shift=5.0)
+        cases += [("euler 4, cfg 1, shift 5 + the toy distill LoRA", few, distilled)]
+    for label, sampler, net in cases:
+        res, seconds = (ref, ref_s) if sampler is official else timed(run(sampler, net), repeats)
+        e = compare(ref, res)
         run_passes = sum(res.passes_run) / clips
         skipped = sum(res.passes_skipped) / clips
         rows.append([
@@ -116,7 +113,10 @@ def main() -> None:
     torch.set_num_threads(1)
     if "toy" in args.models:
         model, codec, cond = toy_story(args.clips, hoi=False)
-        run_model("toy bundle", model, codec, cond, SamplerConfig(cfg=3.0, shift=1.0), args.clips, args.repeats)
+        distilled = copy.deepcopy(model)
+        apply_loras(distilled, [(DISTILL_LORA, 1.0)])  # the shipped step-distill LoRA (train/demo/distill.py)
+        official = SamplerConfig(cfg=3.0, shift=1.0)
+        run_model("toy bundle", model, codec, cond, official, args.clips, args.repeats, distilled)
     if "shaped" in args.models:
         model, codec, cond = shaped_story(args.dim, args.layers, args.clips)
         label = f"14B-shaped DiT (width {args.dim}, {args.layers} blocks, random weights)"
