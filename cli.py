@@ -48,6 +48,9 @@ COMMANDS: dict[str, Command] = {
     "train": Command("train.__main__", "main", "two-stage CoInteract training from a TOML config", "train", 6),
     "prepare": Command("train.prepare", "main", "build a training dataset from source videos", "train", 6),
     "demo": Command("train.demo.run", "main", "the toy world end to end on a CPU in minutes", "train", 8),
+    "evaluate": Command(
+        "train.demo.evaluate", "main", "score a toy bundle on the shipped held-out story (+ audio probe)", "train", 16
+    ),
 }
 
 

@@ -35,7 +35,7 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_commands_required_issue_and_extras() -> None:
-    assert set(cli.COMMANDS) == {"generate", "batch", "inspect", "train", "prepare", "demo"}
+    assert set(cli.COMMANDS) == {"generate", "batch", "inspect", "train", "prepare", "demo", "evaluate"}
     assert all(cmd.extra in (None, "cli", "train") for cmd in cli.COMMANDS.values())
     with pytest.raises(SystemExit) as exit_info:
         cli.main([])
