@@ -16,12 +16,15 @@ Inference only: the collectives are not differentiable (training shards weights 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 __all__ = ["token_splits", "UlyssesShard", "Ulysses", "enable_sequence_parallel"]
 
@@ -98,4 +101,5 @@ def enable_sequence_parallel(model: nn.Module, group: dist.ProcessGroup | None =
         divisors = [n for n in range(1, heads + 1) if heads % n == 0]
         raise ValueError(f"--sequence-parallel {world}: the DiT has {heads} heads; use a divisor of it: {divisors}")
     model.sequence_parallel = Ulysses(group)
+    log.info("DiT sequence parallel (Ulysses) over %d processes", world)
     return model.sequence_parallel
