@@ -21,7 +21,15 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 
-__all__ = ["UserError", "user_errors", "report_user_error", "is_user_error", "EXIT_USER_ERROR", "EXIT_INTERRUPTED"]
+__all__ = [
+    "UserError",
+    "ReportedElsewhere",
+    "user_errors",
+    "report_user_error",
+    "is_user_error",
+    "EXIT_USER_ERROR",
+    "EXIT_INTERRUPTED",
+]
 
 EXIT_USER_ERROR = 1
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
@@ -34,6 +42,10 @@ Main = Callable[[Sequence[str] | None], int]
 
 class UserError(ValueError):
     """A refusal the user can act on; the message says what is wrong and what to do (one line)."""
+
+
+class ReportedElsewhere(UserError):
+    """Another process of the same launch (torchrun) failed and prints the message; this one exits 1 quietly."""
 
 
 def _out_of_memory(err: BaseException) -> bool:
@@ -55,6 +67,8 @@ def _one_line(err: BaseException) -> str:
 
 def report_user_error(prog: str, err: BaseException) -> int:
     """Print `prog: message` on stderr (the traceback first at debug level) -> EXIT_USER_ERROR."""
+    if isinstance(err, ReportedElsewhere):
+        return EXIT_USER_ERROR
     if logging.getLogger().isEnabledFor(logging.DEBUG):
         traceback.print_exception(type(err), err, err.__traceback__)
     print(f"{prog}: {_one_line(err)}", file=sys.stderr)

@@ -12,6 +12,7 @@ from torch import nn
 
 from .layers import RMSNorm, cast_to
 from .rope import apply_rope
+from .shard import SequenceShard
 from .visibility import AttentionGroup
 
 __all__ = ["attention", "split_linear", "resolve_backend", "BACKENDS", "SelfAttention", "CrossAttention"]
@@ -95,23 +96,30 @@ class SelfAttention(nn.Module):
         groups: tuple[AttentionGroup, ...],
         backend: str = "sdpa",
         splits: tuple[int, ...] | None = None,
+        shard: SequenceShard | None = None,
     ) -> torch.Tensor:
         """x [B, S, D], freqs [S, d/2] complex, groups tiling S in order -> [B, S, D].
 
         `splits` (token counts summing to S) runs the projections per chunk, so the main stream's numbers never
         depend on how many HOI tokens ride along (matmul kernels may differ with the row count on GPU).
+        With a `shard` (sequence parallel), x and freqs hold this process's tokens only; q, k, v are exchanged for
+        all tokens of H/N heads (Ulysses) so the groups, which index the whole sequence, run unchanged.
         """
         b, s, d = x.shape
         x = cast_to(x, self.q)
         q = apply_rope(self.norm_q(split_linear(self.q, x, splits)).view(b, s, self.num_heads, -1), freqs)
         k = apply_rope(self.norm_k(split_linear(self.k, x, splits)).view(b, s, self.num_heads, -1), freqs)
         v = split_linear(self.v, x, splits).view(b, s, self.num_heads, -1)
+        if shard is not None:
+            q, k, v = shard.to_heads([q, k, v])  # [B, S_all, H/N, d]
         outs = []
         for group in groups:
             keys = torch.cat([k[:, sl] for sl in group.keys], dim=1) if len(group.keys) > 1 else k[:, group.keys[0]]
             vals = torch.cat([v[:, sl] for sl in group.keys], dim=1) if len(group.keys) > 1 else v[:, group.keys[0]]
             outs.append(attention(q[:, group.queries], keys, vals, backend))
         out = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
+        if shard is not None:
+            out = shard.to_tokens(out)  # [B, S, H, d]
         return split_linear(self.o, out.reshape(b, s, d), splits)
 
 
@@ -128,7 +136,8 @@ class CrossAttention(nn.Module):
         """x [B, S, D], context [B, L, D] -> [B, S, D]."""
         b, s, d = x.shape
         x, context = cast_to(x, self.q), cast_to(context, self.q)
-        q = self.norm_q(self.q(x)).view(b, s, self.num_heads, -1)
-        k = self.norm_k(self.k(context)).view(b, context.shape[1], self.num_heads, -1)
-        v = self.v(context).view(b, context.shape[1], self.num_heads, -1)
+        hd = d // self.num_heads  # explicit: a sequence-parallel share may hold 0 tokens of a segment
+        q = self.norm_q(self.q(x)).view(b, s, self.num_heads, hd)
+        k = self.norm_k(self.k(context)).view(b, context.shape[1], self.num_heads, hd)
+        v = self.v(context).view(b, context.shape[1], self.num_heads, hd)
         return self.o(attention(q, k, v, backend).reshape(b, s, d))

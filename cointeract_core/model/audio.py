@@ -89,9 +89,13 @@ class AdaLayerNorm(nn.Module):
         super().__init__()
         self.linear = nn.Linear(dim, 2 * dim)
 
-    def forward(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        """x [N, S, D], g [N, D] -> [N, S, D]"""
-        shift, scale = self.linear(cast_to(F.silu(g), self.linear)).chunk(2, dim=-1)
+    def shift_scale(self, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """g [N, D] -> (shift, scale), each [N, D]."""
+        return self.linear(cast_to(F.silu(g), self.linear)).chunk(2, dim=-1)
+
+    def forward(self, x: torch.Tensor, g: torch.Tensor, mod: tuple | None = None) -> torch.Tensor:
+        """x [N, S, D], g [N, D] (or `mod`: its shift_scale rows, computed beforehand) -> [N, S, D]"""
+        shift, scale = self.shift_scale(g) if mod is None else mod
         return modulate(layer_norm(x, 1e-5).type_as(shift), shift[:, None], scale[:, None])
 
 
@@ -104,11 +108,47 @@ class AudioInjector(nn.Module):
         self.injector_adain_layers = nn.ModuleList(AdaLayerNorm(dim) for _ in range(count))
 
     def forward(
-        self, x: torch.Tensor, j: int, frames: int, tokens: torch.Tensor, glob: torch.Tensor, backend: str = "sdpa"
+        self,
+        x: torch.Tensor,
+        j: int,
+        frames: int,
+        tokens: torch.Tensor,
+        glob: torch.Tensor,
+        backend: str = "sdpa",
+        mod: tuple | None = None,
     ) -> torch.Tensor:
-        """x [B, F·h'w', D] target tokens, tokens [B, F, n+1, D], glob [B, F, 1, D] -> residual [B, F·h'w', D]."""
+        """x [B, F·h'w', D] target tokens, tokens [B, F, n+1, D], glob [B, F, 1, D] -> residual [B, F·h'w', D].
+
+        `mod`: the AdaLN (shift, scale) rows [B·F, D] of these frames, when computed beforehand (`forward_span`)."""
         b = x.shape[0]
         xf = rearrange(x, "b (f n) c -> (b f) n c", f=frames)
-        y = self.injector_adain_layers[j](xf, rearrange(glob, "b f n c -> (b f) n c")[:, 0])
+        y = self.injector_adain_layers[j](xf, rearrange(glob, "b f n c -> (b f) n c")[:, 0], mod)
         out = self.injector[j](y, rearrange(tokens, "b f n c -> (b f) n c"), backend)
         return rearrange(out, "(b f) n c -> b (f n) c", b=b)
+
+    def forward_span(
+        self,
+        x: torch.Tensor,
+        j: int,
+        start: int,
+        per_frame: int,
+        tokens: torch.Tensor,
+        glob: torch.Tensor,
+        backend: str = "sdpa",
+    ) -> torch.Tensor:
+        """x [B, m, D]: target tokens [start, start+m) (frame-major, `per_frame` a frame) -> residual [B, m, D].
+
+        A sequence-parallel shard may begin or end inside a frame. Its partial frames are filled up with zero rows
+        to whole frames, so every token sits at the row it has in `forward` (attention kernels round a row by
+        where it falls in their blocks), and the AdaLN projection runs over all frames, as in `forward`.
+        """
+        if x.shape[1] == 0:
+            return torch.zeros_like(x)
+        b, frames = glob.shape[:2]
+        f0, f1 = start // per_frame, -(-(start + x.shape[1]) // per_frame)
+        lead = start - f0 * per_frame
+        xp = F.pad(x, (0, 0, lead, f1 * per_frame - start - x.shape[1]))  # [B, (f1-f0)·per_frame, D]
+        shift, scale = self.injector_adain_layers[j].shift_scale(rearrange(glob, "b f n c -> (b f) n c")[:, 0])
+        mod = tuple(t.view(b, frames, -1)[:, f0:f1].reshape(b * (f1 - f0), -1) for t in (shift, scale))
+        out = self(xp, j, f1 - f0, tokens[:, f0:f1], glob[:, f0:f1], backend, mod)
+        return out[:, lead : lead + x.shape[1]]

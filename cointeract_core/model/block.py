@@ -16,6 +16,7 @@ from .config import DiTConfig
 from .layers import FP32LayerNorm, cast_to, layer_norm, modulate
 from .layout import SequenceLayout
 from .moe import FeedForward, MoEFFN
+from .shard import LocalCounts, SequenceShard, local_counts
 from .visibility import AttentionGroup
 
 __all__ = ["DiTBlock", "BlockContext"]
@@ -37,6 +38,13 @@ class BlockContext:
     run_router: bool
     any_experts: bool = True  # experts_on.any(), read once per forward on the host
     backend: str = "sdpa"
+    shard: SequenceShard | None = None  # sequence parallel: the tokens this process holds (None: all of them)
+
+    @property
+    def counts(self) -> LocalCounts:
+        """Segment boundaries of the tokens this process holds (the whole layout without a shard)."""
+        lay = self.layout
+        return local_counts(lay.n_target, lay.n_main, lay.total, self.shard)
 
 
 class DiTBlock(nn.Module):
@@ -55,11 +63,11 @@ class DiTBlock(nn.Module):
 
     def _segment_mods(self, ctx: BlockContext) -> list[tuple[int, torch.Tensor]]:
         """(token count, [B, 6, 1, D] modulation) per segment: target, other main tokens, HOI."""
-        lay = ctx.layout
+        n = ctx.counts
         mod = self.modulation.float().unsqueeze(2) + ctx.e0  # [B, 6, 2, D]
-        segs = [(lay.n_target, mod[:, :, 0:1]), (lay.n_main - lay.n_target, mod[:, :, 1:2])]
-        if lay.hoi:
-            segs.append((lay.n_hoi, (self.depth_modulation.float().unsqueeze(2) + ctx.e0)[:, :, 1:2]))
+        segs = [(n.n_target, mod[:, :, 0:1]), (n.n_main - n.n_target, mod[:, :, 1:2])]
+        if ctx.layout.hoi:
+            segs.append((n.total - n.n_main, (self.depth_modulation.float().unsqueeze(2) + ctx.e0)[:, :, 1:2]))
         return segs
 
     @staticmethod
@@ -74,7 +82,7 @@ class DiTBlock(nn.Module):
 
     def _cross(self, x: torch.Tensor, ctx: BlockContext) -> torch.Tensor:
         """Main tokens read the prompt, HOI tokens the HOI prompt, through the same weights."""
-        h, n_main = self.norm3(x), ctx.layout.n_main
+        h, n_main = self.norm3(x), ctx.counts.n_main
         out = self.cross_attn(h[:, :n_main], ctx.text, ctx.backend)
         if ctx.layout.hoi:
             out = torch.cat([out, self.cross_attn(h[:, n_main:], ctx.hoi_text, ctx.backend)], dim=1)
@@ -82,10 +90,10 @@ class DiTBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, ctx: BlockContext) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x [B, S, D] fp32 -> (x [B, S, D], router logits [B, N_target, 3] or None)."""
-        segs, lay = self._segment_mods(ctx), ctx.layout
-        splits = (lay.n_main, lay.n_hoi) if lay.hoi else (lay.n_main,)
+        segs, n = self._segment_mods(ctx), ctx.counts
+        splits = (n.n_main, n.total - n.n_main) if ctx.layout.hoi else (n.n_main,)
         y = self._modulated(x, segs, SHIFT_MSA, SCALE_MSA, self.eps)
-        y = self.self_attn(y, ctx.freqs, ctx.groups, ctx.backend, splits)
+        y = self.self_attn(y, ctx.freqs, ctx.groups, ctx.backend, splits, ctx.shard)
         x = x + self._gated(y, segs, GATE_MSA)  # [B, S, D]
         x = x + self._cross(x, ctx)  # [B, S, D]
         y = self._modulated(x, segs, SHIFT_MLP, SCALE_MLP, self.eps)
@@ -94,10 +102,10 @@ class DiTBlock(nn.Module):
 
     def _ffn(self, y: torch.Tensor, ctx: BlockContext) -> tuple[torch.Tensor, torch.Tensor | None]:
         """MoE (experts on target tokens) or plain FFN; HOI tokens, when present, take the base FFN separately."""
-        n_main = ctx.layout.n_main
-        main, hoi = (y[:, :n_main], y[:, n_main:]) if ctx.layout.hoi else (y, None)
+        n = ctx.counts
+        main, hoi = (y[:, : n.n_main], y[:, n.n_main :]) if ctx.layout.hoi else (y, None)
         if isinstance(self.ffn, MoEFFN):
-            out, logits = self.ffn(main, ctx.layout.n_target, ctx.experts_on, ctx.run_router, ctx.any_experts)
+            out, logits = self.ffn(main, n.n_target, ctx.experts_on, ctx.run_router, ctx.any_experts)
             base = self.ffn.ffn_base
         else:
             out, logits, base = self.ffn(cast_to(main, self.ffn)), None, self.ffn

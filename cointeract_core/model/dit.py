@@ -22,6 +22,7 @@ from .layers import cast_to, layer_norm, modulate, sinusoidal_embedding
 from .layout import SequenceLayout
 from .motion import FramePackMotioner
 from .rope import rope_frequencies
+from .shard import SequenceParallel
 from .visibility import AttentionMode, attention_groups
 
 __all__ = ["CoInteractDiT", "DiTOutput", "Head", "BlocksHook"]
@@ -68,6 +69,7 @@ class CoInteractDiT(nn.Module):
         self.cfg = cfg
         self.attention_backend = resolve_backend(attention_backend)
         self.gradient_checkpointing = False
+        self.sequence_parallel: SequenceParallel | None = None  # runtime/sequence_parallel.py; None: one process
         d, p = cfg.dim, cfg.patch_size
         self.patch_embedding = nn.Conv3d(cfg.in_dim, d, kernel_size=p, stride=p)
         self.text_embedding = nn.Sequential(nn.Linear(cfg.text_dim, d), nn.GELU(approximate="tanh"), nn.Linear(d, d))
@@ -119,28 +121,46 @@ class CoInteractDiT(nn.Module):
         if hoi is not None:
             tokens = torch.cat([tokens, self._embed_hoi(hoi)], dim=1)
         experts_on = t < self.cfg.moe.off_from_timestep if self.cfg.moe else torch.zeros_like(t, dtype=torch.bool)
+        freqs = rope_frequencies(layout.positions().to(x.device), self.cfg.head_dim, self.cfg.rope_theta)
+        shard = None if self.sequence_parallel is None else self.sequence_parallel.shard(layout.total)
+        if shard is not None:  # sequence parallel: this process keeps its tokens [start, stop) from here on
+            tokens, freqs = tokens[:, shard.start : shard.stop], freqs[shard.start : shard.stop]
         ctx = BlockContext(
             e0=e0,
             layout=layout,
             groups=attention_groups(layout, attention),
-            freqs=rope_frequencies(layout.positions().to(x.device), self.cfg.head_dim, self.cfg.rope_theta),
+            freqs=freqs,
             text=self._text(context),
             hoi_text=self._text(hoi_context) if hoi is not None else None,
             experts_on=experts_on,
             run_router=return_router or self.training,
             any_experts=bool(experts_on.any()),  # one host sync per forward, not one per block
             backend=self.attention_backend,
+            shard=shard,
         )
 
         def run_blocks(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
             return self._run_blocks(h, ctx, *self.encode_audio(audio, layout.frames))
 
         tokens, logits = run_blocks(tokens) if blocks_hook is None else blocks_hook(tokens, run_blocks)
-        velocity = self._unpatchify(self.head(tokens[:, : layout.n_target], e), layout)
-        hoi_velocity = None
-        if hoi is not None:
-            hoi_velocity = self._unpatchify(self.depth_head(tokens[:, layout.n_main :], e), layout)
+        out, hoi_out, logits = self._heads(tokens, e, ctx, logits)
+        velocity = self._unpatchify(out, layout)
+        hoi_velocity = None if hoi_out is None else self._unpatchify(hoi_out, layout)
         return DiTOutput(velocity, hoi_velocity, logits if (return_router or self.training) else None)
+
+    def _heads(
+        self, tokens, e, ctx: BlockContext, logits
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Head outputs of the target tokens [B, N_target, C·p] and HOI tokens (or None), and the router logits,
+        gathered from every process under sequence parallel (the heads are token-wise, so each runs on its shard)."""
+        lay, n, shard = ctx.layout, ctx.counts, ctx.shard
+        out = self.head(tokens[:, : n.n_target], e)
+        hoi = self.depth_head(tokens[:, n.n_main :], e) if lay.hoi else None
+        if shard is not None:
+            out = shard.gather(out, 0, lay.n_target)
+            hoi = None if hoi is None else shard.gather(hoi, lay.n_main, lay.total)
+            logits = None if logits is None else shard.gather(logits, 0, lay.n_target, dim=2)
+        return out, hoi, logits
 
     def _layout(self, x, product, product_scale, motion, hoi, hoi_context) -> SequenceLayout:
         """Validate shapes and describe the token sequence."""
@@ -211,7 +231,7 @@ class CoInteractDiT(nn.Module):
     def _run_blocks(self, x, ctx: BlockContext, audio_tokens, audio_global) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Blocks, with the audio residual added to target tokens after the listed blocks."""
         inject = {layer: j for j, layer in enumerate(self.cfg.audio_inject_layers)}
-        n, all_logits = ctx.layout.n_target, []
+        n, all_logits = ctx.counts.n_target, []
         for i, block in enumerate(self.blocks):
             if self.gradient_checkpointing and torch.is_grad_enabled():
                 x, logits = checkpoint(block, x, ctx, use_reentrant=False)
@@ -219,13 +239,20 @@ class CoInteractDiT(nn.Module):
                 x, logits = block(x, ctx)
             all_logits.append(logits)
             if i in inject:
-                res = self.audio_injector(
-                    x[:, :n], inject[i], ctx.layout.frames, audio_tokens, audio_global, ctx.backend
-                )
+                res = self._inject(x[:, :n], inject[i], ctx, audio_tokens, audio_global)
                 x = torch.cat([x[:, :n] + res.float(), x[:, n:]], dim=1)
         if any(lg is None for lg in all_logits):
             return x, None
         return x, torch.stack([lg.float() for lg in all_logits])
+
+    def _inject(self, x, j: int, ctx: BlockContext, audio_tokens, audio_global) -> torch.Tensor:
+        """Audio residual [B, n, D] of the target tokens held here (all of them without a shard)."""
+        if ctx.shard is None:
+            return self.audio_injector(x, j, ctx.layout.frames, audio_tokens, audio_global, ctx.backend)
+        start = min(ctx.shard.start, ctx.layout.n_target)
+        return self.audio_injector.forward_span(
+            x, j, start, ctx.layout.n_image, audio_tokens, audio_global, ctx.backend
+        )
 
     def _unpatchify(self, out: torch.Tensor, layout: SequenceLayout) -> torch.Tensor:
         """[B, F·h'·w', C·pt·ph·pw] (c fastest) -> [B, C, F·pt, h'·ph, w'·pw] fp32."""

@@ -26,7 +26,7 @@ from ..sampling.cache import StepCacheConfig
 from ..sampling.presets import SAMPLER_PRESETS
 from ..sampling.sampler import CFG_BATCH, SAMPLERS, SCHEDULERS, SamplerConfig
 from ..weights.lora_formats import LoRAError
-from . import preflight
+from . import distributed, preflight
 from .build import InputOptions, build_conditioning
 from .checks import MAX_SIDE
 from .clips import GenerationResult, VideoOptions, generate
@@ -141,6 +141,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--hoi-preview", action="store_true", help="also write the co-generated HOI stream (.hoi.mp4)")
     g.add_argument("--router-maps", action="store_true", help="also write hand/face router heatmaps (.router.mp4)")
     _add_cache_args(p)
+    distributed.add_args(p)
 
 
 def _number(kind: type, low: float = -math.inf, high: float = math.inf, *, above: bool = False):
@@ -294,9 +295,28 @@ def _progress(label: str):
 
 
 def run_case(
-    engines: Engines, case: Case, out: Path, sampler: SamplerConfig, video: VideoOptions, inputs: InputOptions
+    engines: Engines,
+    case: Case,
+    out: Path,
+    sampler: SamplerConfig,
+    video: VideoOptions,
+    inputs: InputOptions,
+    launch: distributed.Launch = distributed.ONE_PROCESS,
 ) -> dict:
-    """Generate one video to `out` (.mp4) plus optional .hoi.mp4 / .router.mp4 and a .json sidecar."""
+    """Generate one video to `out` (.mp4) plus optional .hoi.mp4 / .router.mp4 and a .json sidecar. Under torchrun
+    the first rank of the sequence-parallel group writes; the others write nothing and show no progress bar."""
+    cond, original = distributed.together(launch, lambda: _case_inputs(engines, case, video, inputs), True)
+    start = time.perf_counter()
+    progress = _progress(out.name) if launch.writes else None
+    result = generate(engines.model, engines.vae, cond, sampler, video, progress)
+    sidecar = _sidecar(case, result, sampler, video, inputs, time.perf_counter() - start, engines.loras)
+    if launch.writes:
+        _write_outputs(result, out, original.waveform, original.sample_rate, sidecar)
+    return sidecar
+
+
+def _case_inputs(engines: Engines, case: Case, video: VideoOptions, inputs: InputOptions) -> tuple:
+    """(Conditioning, the original audio) of a case, after the memory check: every input error surfaces here."""
     speech = load_audio(case.audio, sample_rate=engines.audio.sample_rate)
     original = load_audio(case.audio, sample_rate=None, mono=False)
     cond = build_conditioning(
@@ -315,11 +335,7 @@ def run_case(
     )
     device = str(next(engines.model.parameters()).device) if isinstance(engines.model, torch.nn.Module) else "cpu"
     preflight.check_engines_memory(engines.model, engines.vae, inputs, video.hoi_preview, device)
-    start = time.perf_counter()
-    result = generate(engines.model, engines.vae, cond, sampler, video, _progress(out.name))
-    sidecar = _sidecar(case, result, sampler, video, inputs, time.perf_counter() - start, engines.loras)
-    _write_outputs(result, out, original.waveform, original.sample_rate, sidecar)
-    return sidecar
+    return cond, original
 
 
 def _write_outputs(result: GenerationResult, out: Path, audio: torch.Tensor, rate: int, sidecar: dict) -> None:
@@ -381,6 +397,7 @@ def main(argv: list[str] | None = None, engines: Engines | None = None) -> int:
     if engines is None:
         _add_model_args(parser)
     _add_run_args(parser)
+    distributed.quiet_unless_first(parser)
     args = parser.parse_args(argv)
     if engines is None:
         _check_model_args(parser, args)
@@ -393,15 +410,27 @@ def main(argv: list[str] | None = None, engines: Engines | None = None) -> int:
         pose=Path(args.pose_video) if args.pose_video else None,
     )
     options = _parsed_options(parser, args)  # invalid options fail before any model is loaded
-    preflight.check_output_file(Path(args.out))
-    if engines is None:
-        preflight.check_models(args)
+    launch = distributed.start(args.sequence_parallel, getattr(args, "device", "cpu"))
+
+    def setup() -> Engines:
+        preflight.check_output_file(Path(args.out))
+        if engines is None:
+            preflight.check_models(args)
+        return engines or _load(args, launch)
+
     try:
-        engines = engines or load_engines(args)
+        engines = distributed.prepare(launch, setup)
     except LoRAError as err:
         return _refused(parser.prog, err)
-    run_case(engines, case, Path(args.out), *options)
+    run_case(engines, case, Path(args.out), *options, launch)
+    distributed.finish(launch)
     return 0
+
+
+def _load(args: argparse.Namespace, launch: distributed.Launch) -> Engines:
+    """The engines, loaded on this process's device."""
+    args.device = launch.device
+    return load_engines(args)
 
 
 def _refused(prog: str, err: Exception) -> int:
@@ -454,23 +483,32 @@ def batch_main(argv: list[str] | None = None, engines: Engines | None = None) ->
     if engines is None:
         _add_model_args(parser)
     _add_run_args(parser)
+    distributed.quiet_unless_first(parser)
     args = parser.parse_args(argv)
     if engines is None:
         _check_model_args(parser, args)
     options = _parsed_options(parser, args)
     out_dir = Path(args.out_dir)
-    preflight.check_output_dir(out_dir)
-    cases = read_demo_csv(Path(args.csv))
-    if engines is None:
-        preflight.check_models(args)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    todo = [c for c in cases if not (out_dir / f"{c.audio.stem}.mp4").exists()]
-    log.info("%d rows, %d already done", len(cases), len(cases) - len(todo))
-    if todo:
-        try:
-            engines = engines or load_engines(args)
-        except LoRAError as err:
-            return _refused(parser.prog, err)
+    launch = distributed.start(args.sequence_parallel, getattr(args, "device", "cpu"))
+    todo: list[Case] = []
+
+    def setup() -> Engines | None:
+        preflight.check_output_dir(out_dir)
+        cases = read_demo_csv(Path(args.csv))
+        if engines is None:
+            preflight.check_models(args)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        group, groups = launch.share  # row i belongs to group i mod groups, whatever is already done
+        mine = [c for i, c in enumerate(cases) if i % groups == group]
+        todo.extend(c for c in mine if not (out_dir / f"{c.audio.stem}.mp4").exists())
+        log.info("%d rows, %d here, %d of them already done", len(cases), len(mine), len(mine) - len(todo))
+        return (engines or _load(args, launch)) if todo else None
+
+    try:
+        engines = distributed.prepare(launch, setup)
+    except LoRAError as err:
+        return _refused(parser.prog, err)
     for case in todo:
-        run_case(engines, case, out_dir / f"{case.audio.stem}.mp4", *options)
+        run_case(engines, case, out_dir / f"{case.audio.stem}.mp4", *options, launch)
+    distributed.finish(launch)
     return 0
