@@ -34,6 +34,7 @@ from .cache_build import ensure_cache
 from .checkpoints import RunState, keep_trainable_only, latest_checkpoint, read_meta
 from .config import LossConfig, TrainConfig, config_to_toml
 from .errors import UserError
+from .fsdp import EveryParamGrad, promote_cpu_fsdp
 from .lock import RunLock
 from .lora_peft import inject_lora
 from .losses import FlowSchedule, LossParts, flow_loss, router_counts, router_loss, router_summary, total_loss
@@ -107,12 +108,13 @@ def _train(accelerator, cfg: TrainConfig, out: Path, dataset: Sequence[TrainSamp
         params, lr=1.0, betas=cfg.optim.betas, eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_at, cfg))
+    grads = _every_param_grad(accelerator, model)  # before prepare: its hooks run before FSDP's
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     state = RunState()
     accelerator.register_for_checkpointing(state)
     accelerator.register_save_state_pre_hook(keep_trainable_only)
     schedules = {s.name: FlowSchedule(cfg.stage_loss(s)) for s in cfg.stages}
-    run = _Run(accelerator, model, optimizer, scheduler, cfg, schedules, stage_params)
+    run = _Run(accelerator, model, optimizer, scheduler, cfg, schedules, stage_params, grads)
     saver = Saver(accelerator, model, cfg, trainable, out)
 
     start = _load(accelerator, latest, state, trainable)
@@ -173,6 +175,7 @@ def _make_accelerator(cfg: TrainConfig):
         step_scheduler_with_optimizer=False,
         kwargs_handlers=[ddp],
     )
+    promote_cpu_fsdp(accelerator)  # accelerate alone would run an FSDP config with runtime.cpu as DDP
     log.info(
         "accelerate: %s, %d process(es), device %s, mixed precision %s",
         accelerator.distributed_type,
@@ -181,6 +184,16 @@ def _make_accelerator(cfg: TrainConfig):
         accelerator.mixed_precision,
     )
     return accelerator
+
+
+def _every_param_grad(accelerator, model: nn.Module) -> EveryParamGrad | None:
+    """Under FSDP, equal gradient-reduction sizes on every rank (fsdp.py); None otherwise."""
+    from accelerate.utils import DistributedType  # noqa: PLC0415
+
+    if accelerator.distributed_type != DistributedType.FSDP:
+        return None
+    names = set(accelerator.state.fsdp_plugin.transformer_cls_names_to_wrap or ())
+    return EveryParamGrad(model, {type(m) for m in model.modules() if type(m).__name__ in names})
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -277,6 +290,7 @@ class _Run:
     cfg: TrainConfig
     schedules: dict[str, FlowSchedule]
     stage_params: dict[str, set[str]]
+    grads: EveryParamGrad | None = None  # FSDP only
 
 
 def _forward_backward(
@@ -312,6 +326,8 @@ def _train_step(run: _Run, samples: list, step: int, span: StageSpan) -> dict:
     """Forward / backward, drop other stages' gradients, clip, stop on NaN / inf, optimizer step -> the record."""
     t0, acc = time.perf_counter(), run.accelerator
     sums, counts, tokens, timesteps = _forward_backward(run, samples, step, span)
+    if run.grads is not None:
+        run.grads.drop_unused(acc)
     drop_frozen_grads(acc.unwrap_model(run.model), run.stage_params[span.stage.name])
     grad_norm = _clip(acc, run.model, run.cfg.optim.grad_clip)
     sums = acc.reduce(sums.to(acc.device), "mean").cpu()
