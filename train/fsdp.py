@@ -31,7 +31,7 @@ from .errors import UserError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["fsdp_requested", "promote_cpu_fsdp", "EveryParamGrad"]
+__all__ = ["fsdp_requested", "promote_cpu_fsdp", "refuse_unrun_deepspeed", "EveryParamGrad"]
 
 
 def fsdp_requested() -> bool:
@@ -59,6 +59,20 @@ def promote_cpu_fsdp(accelerator: Any) -> None:
     accelerator.state.distributed_type = DistributedType.FSDP
     accelerator.state.fsdp_plugin = plugin
     log.info("FSDP2 on CPU over gloo (accelerate would otherwise run DDP here)")
+
+
+def refuse_unrun_deepspeed(accelerator: Any) -> None:
+    """A DeepSpeed config that accelerate 1.15 would not run as DeepSpeed on all processes: refuse, naming why."""
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true":
+        return
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if str(accelerator.distributed_type).endswith("DEEPSPEED") and accelerator.num_processes == world:
+        return
+    raise UserError(
+        f"a DeepSpeed config, but accelerate runs {accelerator.distributed_type} with {accelerator.num_processes} of "
+        f"{world} process(es): with runtime.cpu = true accelerate ignores DeepSpeed (plain DDP), and without a GPU "
+        "it makes every process a world of one. DeepSpeed needs GPUs here; on CPU use fsdp.yaml or ddp.yaml"
+    )
 
 
 def _owned(unit: nn.Module, units: set[nn.Module]) -> list[str]:

@@ -34,7 +34,7 @@ from .cache_build import ensure_cache
 from .checkpoints import RunState, keep_trainable_only, latest_checkpoint, read_meta
 from .config import LossConfig, TrainConfig, config_to_toml
 from .errors import UserError
-from .fsdp import EveryParamGrad, promote_cpu_fsdp
+from .fsdp import EveryParamGrad, promote_cpu_fsdp, refuse_unrun_deepspeed
 from .lock import RunLock
 from .lora_peft import inject_lora
 from .losses import FlowSchedule, LossParts, flow_loss, router_counts, router_loss, router_summary, total_loss
@@ -176,6 +176,7 @@ def _make_accelerator(cfg: TrainConfig):
         kwargs_handlers=[ddp],
     )
     promote_cpu_fsdp(accelerator)  # accelerate alone would run an FSDP config with runtime.cpu as DDP
+    refuse_unrun_deepspeed(accelerator)  # ... and a DeepSpeed one on CPU as DDP or as N separate runs
     log.info(
         "accelerate: %s, %d process(es), device %s, mixed precision %s",
         accelerator.distributed_type,

@@ -12,7 +12,7 @@ import torch
 from comfyui_cointeract.cointeract_core.model.block import DiTBlock
 from comfyui_cointeract.train.builders import build_dataset
 from comfyui_cointeract.train.errors import UserError
-from comfyui_cointeract.train.fsdp import EveryParamGrad, promote_cpu_fsdp
+from comfyui_cointeract.train.fsdp import EveryParamGrad, promote_cpu_fsdp, refuse_unrun_deepspeed
 from comfyui_cointeract.train.loop import _trainable_model, compute_losses, forward_batch
 from comfyui_cointeract.train.losses import FlowSchedule
 from comfyui_cointeract.train.stages import make_batch, stage_at, stage_spans
@@ -60,3 +60,18 @@ def test_fsdp1_on_cpu_is_refused_not_run_as_ddp(monkeypatch):
     monkeypatch.setenv("FSDP_VERSION", "1")
     with pytest.raises(UserError, match="FSDP1 does not run on CPU"):
         promote_cpu_fsdp(acc)
+
+
+@pytest.mark.parametrize(
+    ("kind", "processes"), [("MULTI_CPU", 2), ("DEEPSPEED", 1)]
+)  # runtime.cpu = true; no GPU (each process a world of one)
+def test_deepspeed_that_accelerate_would_not_run_is_refused(monkeypatch, kind, processes):
+    from accelerate.utils import DistributedType
+
+    acc = types.SimpleNamespace(distributed_type=DistributedType[kind], num_processes=processes)
+    refuse_unrun_deepspeed(acc)  # no DeepSpeed config: nothing happens
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(UserError, match="DeepSpeed needs GPUs here"):
+        refuse_unrun_deepspeed(acc)
+    refuse_unrun_deepspeed(types.SimpleNamespace(distributed_type=DistributedType.DEEPSPEED, num_processes=2))
