@@ -110,11 +110,17 @@ def weight_bytes(cfg: DiTConfig, weights: Weights = "bf16") -> WeightBytes:
     return WeightBytes(size(model) - size(model.blocks), size(model.blocks[0]), len(model.blocks), transient)
 
 
-def activation_bytes(cfg: DiTConfig, layout: SequenceLayout) -> int:
-    """Peak bytes of activations in one forward at batch 1 (see the module docstring)."""
+def activation_bytes(cfg: DiTConfig, layout: SequenceLayout, ranks: int = 1) -> int:
+    """Peak bytes of activations in one forward at batch 1 on one of `ranks` Ulysses ranks (see the docstring).
+
+    Under sequence parallel (runtime/sequence_parallel.py) each rank embeds the whole sequence and its share is a
+    view of it, so the token embeddings (4·S·D), the RoPE table, the text and the audio encoder are replicated;
+    the other 32 bytes·S·D (a share's S/N tokens × D, or after the all-to-all all S tokens × D/N) and the audio
+    residual divide by the ranks (the first S mod N ranks hold one token more)."""
     s, d = layout.total, cfg.dim
+    share, target = -(-s // ranks), -(-layout.n_target // ranks)
     shared = 8 * cfg.head_dim * s + 4 * cfg.text_len * d  # RoPE table, text (and HOI text) embeddings
-    blocks = BYTES_PER_TOKEN_DIM * s * d + 2 * layout.n_target * d + shared
+    blocks = 4 * s * d + (BYTES_PER_TOKEN_DIM - 4) * share * d + 2 * target * d + shared
     columns = 4 * layout.frames + cfg.motion_frames[0]  # audio features with the motion-prefix padding
     audio = 3 * cfg.audio_layers * cfg.audio_dim * columns * 4 + 4 * s * d + shared  # fp32 layer mix; embedded tokens
     return int(max(blocks, audio) * SMALL_TENSORS)

@@ -180,3 +180,33 @@ def test_planned_swap_fits_measured_peak_on_cuda(ci_cfg, make_inputs):
     with torch.no_grad():
         model(**inputs)
     assert torch.cuda.max_memory_allocated() <= est.total + (64 << 20)  # + allocator rounding of tiny tensors
+
+
+def test_activations_per_ulysses_rank_divide_all_but_the_replicated_part():
+    cfg, layout = PRESETS["14B_cointeract"], mp.video_layout(480, 832)
+    per_rank = [mp.activation_bytes(cfg, layout, n) for n in (1, 2, 4, 8)]
+    assert per_rank[0] == mp.activation_bytes(cfg, layout)  # one rank: the single-process estimate
+    assert per_rank == sorted(per_rank, reverse=True)
+    s, d = layout.total, cfg.dim
+    replicated = (4 * s * d + 8 * cfg.head_dim * s + 4 * cfg.text_len * d) * mp.SMALL_TENSORS  # embeddings, RoPE, text
+    divided = per_rank[0] - replicated
+    for n, got in zip((2, 4, 8), per_rank[1:]):
+        assert got == pytest.approx(replicated + divided / n, rel=1e-3)
+
+
+def test_multi_gpu_bench_table_agrees_with_the_layout_all_to_all():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "multi_gpu_memory.py"
+    spec = importlib.util.spec_from_file_location("multi_gpu_memory", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = {(r[0], r[2]): r for r in bench.rows()}
+    assert rows["480p", 1][1] == 36_634 and rows["720p", 1][1] == 84_560
+    # 4 tensors x (S/N)·D x (N-1)/N x 40 blocks x 2 bytes, as the README's Multi-GPU section states
+    assert [round(rows["480p", n][7], 1) for n in (2, 4, 8)] == [14.0, 10.5, 6.1]
+    assert [round(rows["720p", n][7], 1) for n in (2, 4, 8)] == [32.3, 24.2, 14.1]
+    assert rows["480p", 1][3] > rows["480p", 8][3]
+    assert rows["480p", 2][4] == rows["480p", 8][4]  # Ulysses: weights replicated
+    assert "| 720p | 84,560 | 8 |" in bench.table()
