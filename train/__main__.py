@@ -57,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.verbose:
         logging.getLogger().setLevel(logging.DEBUG)
-    from .config import load_config  # noqa: PLC0415 - keep `--help` fast
+    from .config_load import load_config  # noqa: PLC0415 - keep `--help` fast
 
     cfg = load_config(args.config, args.overrides)
     if args.print_config:

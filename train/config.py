@@ -1,27 +1,18 @@
-"""Training configuration: frozen dataclasses, loss presets, TOML loading with validation and `--set` overrides.
+"""Training configuration: frozen dataclasses that validate their own fields, loss presets, and the resolved
+config written back out as TOML / JSON.
 
-One TOML file describes a whole run (see `example_config.toml`); every field can be overridden from the command
-line with `--set a.b=c` (`--set stages.1.lr=2e-5`, `--set loss.preset=paper`). The two stages are data
-(`StageConfig`), run back to back by `loop.train`.
+One TOML file describes a whole run (see `example_config.toml`); `config_load.load_config` reads it, applies the
+`--set a.b=c` overrides and checks it against the model. The two stages are data (`StageConfig`), run back to back
+by `loop.train`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import re
-import sys
-import types
-import typing
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
 
 __all__ = [
     "ModelConfig",
@@ -38,9 +29,7 @@ __all__ = [
     "TrainConfig",
     "OFFICIAL_LORA_TARGETS",
     "OFFICIAL_TRAINABLE",
-    "load_config",
-    "config_from_dict",
-    "apply_override",
+    "DEFAULT_STAGES",
     "train_config_to_json",
     "config_to_toml",
 ]
@@ -55,7 +44,8 @@ OFFICIAL_TRAINABLE = (
 )
 
 
-def _check(ok: bool, message: str) -> None:
+def check(ok: bool, message: str) -> None:
+    """Raise ValueError(message) unless ok: how every config check fails (the message names the key)."""
     if not ok:
         raise ValueError(message)
 
@@ -75,7 +65,7 @@ class ModelConfig:
     def __post_init__(self) -> None:
         from ..cointeract_core.model.config import PRESETS  # noqa: PLC0415 - torch; config files load without it
 
-        _check(self.preset in PRESETS, f"model.preset = {self.preset!r}; choose one of {sorted(PRESETS)}")
+        check(self.preset in PRESETS, f"model.preset = {self.preset!r}; choose one of {sorted(PRESETS)}")
 
 
 @dataclass(frozen=True)
@@ -88,9 +78,9 @@ class LoRAConfig:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        _check(self.rank > 0 and self.alpha > 0, f"lora.rank and lora.alpha must be > 0, got {self.rank}, {self.alpha}")
-        _check(bool(self.targets), "lora.targets is empty; the official targets are " + str(OFFICIAL_LORA_TARGETS))
-        _check(0 <= self.dropout < 1, f"lora.dropout must be in [0, 1), got {self.dropout}")
+        check(self.rank > 0 and self.alpha > 0, f"lora.rank and lora.alpha must be > 0, got {self.rank}, {self.alpha}")
+        check(bool(self.targets), "lora.targets is empty; the official targets are " + str(OFFICIAL_LORA_TARGETS))
+        check(0 <= self.dropout < 1, f"lora.dropout must be in [0, 1), got {self.dropout}")
 
 
 @dataclass(frozen=True)
@@ -128,10 +118,10 @@ class EncodeConfig:
     device: str = "auto"  # where the encoders run: auto = cuda when available, else cpu
 
     def __post_init__(self) -> None:
-        _check(self.height > 0 and self.width > 0, f"data.encode size must be > 0, got {self.height}x{self.width}")
-        _check(self.shard_size >= 1, f"data.encode.shard_size must be >= 1, got {self.shard_size}")
+        check(self.height > 0 and self.width > 0, f"data.encode size must be > 0, got {self.height}x{self.width}")
+        check(self.shard_size >= 1, f"data.encode.shard_size must be >= 1, got {self.shard_size}")
         missing = [f"data.encode.{n}" for n in WAN_ENCODER_FILES if not getattr(self, n)]
-        _check(
+        check(
             not (self.source and self.encoders == "wan" and missing),
             f"{', '.join(missing)} empty: building the cache from {self.source} with the Wan encoders needs the "
             'local files of the VAE, umT5 and wav2vec2 (or encoders = "toy" for toy-world data)',
@@ -151,9 +141,9 @@ class DataConfig:
     encode: EncodeConfig = EncodeConfig()  # build data.path from a `cointeract prepare` dataset (kind = "cache")
 
     def __post_init__(self) -> None:
-        _check(self.batch_size >= 1, f"data.batch_size must be >= 1, got {self.batch_size}")
-        _check(self.kind != "cache" or bool(self.path), "data.path is empty; point it at the latent cache folder")
-        _check(
+        check(self.batch_size >= 1, f"data.batch_size must be >= 1, got {self.batch_size}")
+        check(self.kind != "cache" or bool(self.path), "data.path is empty; point it at the latent cache folder")
+        check(
             self.kind == "cache" or not self.encode.source,
             f'data.encode.source is set but data.kind = "{self.kind}"; the cache is built only for kind = "cache"',
         )
@@ -171,7 +161,7 @@ class DropoutConfig:
     def __post_init__(self) -> None:
         for name in ("prompt", "audio", "motion", "pose"):
             p = getattr(self, name)
-            _check(0.0 <= p <= 1.0, f"dropout.{name} must be a probability in [0, 1], got {p}")
+            check(0.0 <= p <= 1.0, f"dropout.{name} must be a probability in [0, 1], got {p}")
 
 
 @dataclass(frozen=True)
@@ -186,8 +176,8 @@ class LossConfig:
     quantize_timestep: bool = True  # official: the sampled timestep is cast to bf16, sigma / w(t) follow it
 
     def __post_init__(self) -> None:
-        _check(self.hoi_weight >= 0 and self.router_weight >= 0, "loss weights must be >= 0")
-        _check(self.shift > 0 and self.num_timesteps >= 2, "loss.shift must be > 0 and loss.num_timesteps >= 2")
+        check(self.hoi_weight >= 0 and self.router_weight >= 0, "loss weights must be >= 0")
+        check(self.shift > 0 and self.num_timesteps >= 2, "loss.shift must be > 0 and loss.num_timesteps >= 2")
 
 
 LOSS_PRESETS: dict[str, LossConfig] = {
@@ -211,8 +201,8 @@ class OptimConfig:
     reset_between_stages: bool = True  # fresh AdamW moments at a stage start (official stage 2 is a new run)
 
     def __post_init__(self) -> None:
-        _check(self.warmup_steps >= 0 and self.gradient_accumulation_steps >= 1, "optim: bad warmup / accumulation")
-        _check(0 <= self.min_lr_ratio <= 1, f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        check(self.warmup_steps >= 0 and self.gradient_accumulation_steps >= 1, "optim: bad warmup / accumulation")
+        check(0 <= self.min_lr_ratio <= 1, f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
 
 
 @dataclass(frozen=True)
@@ -228,13 +218,13 @@ class StageConfig:
     loss: LossConfig | None = None  # None: the run's [loss]
 
     def __post_init__(self) -> None:
-        _check(
+        check(
             re.fullmatch(r"[A-Za-z0-9_.-]+", self.name) is not None,
             f"stage name {self.name!r} must be letters, digits, '_', '.' or '-' (it names export files)",
         )
-        _check(self.steps >= 1, f"stage {self.name!r}: steps must be >= 1, got {self.steps}")
-        _check(self.lr > 0, f"stage {self.name!r}: lr must be > 0, got {self.lr}")
-        _check(bool(self.trainable), f"stage {self.name!r}: trainable is empty, nothing would train")
+        check(self.steps >= 1, f"stage {self.name!r}: steps must be >= 1, got {self.steps}")
+        check(self.lr > 0, f"stage {self.name!r}: lr must be > 0, got {self.lr}")
+        check(bool(self.trainable), f"stage {self.name!r}: trainable is empty, nothing would train")
 
 
 @dataclass(frozen=True)
@@ -252,7 +242,7 @@ class RuntimeConfig:
     cpu: bool = False  # force CPU even when a GPU is visible
 
     def __post_init__(self) -> None:
-        _check(self.checkpoint_every >= 1 and self.keep_last >= 1, "runtime.checkpoint_every and keep_last >= 1")
+        check(self.checkpoint_every >= 1 and self.keep_last >= 1, "runtime.checkpoint_every and keep_last >= 1")
 
 
 DEFAULT_STAGES = (
@@ -275,9 +265,9 @@ class TrainConfig:
     stages: tuple[StageConfig, ...] = DEFAULT_STAGES
 
     def __post_init__(self) -> None:
-        _check(bool(self.stages), "stages is empty; give at least one [[stages]] table")
+        check(bool(self.stages), "stages is empty; give at least one [[stages]] table")
         names = [s.name for s in self.stages]
-        _check(len(set(names)) == len(names), f"stage names must be unique, got {names}")
+        check(len(set(names)) == len(names), f"stage names must be unique, got {names}")
 
     def stage_loss(self, stage: StageConfig) -> LossConfig:
         return stage.loss or self.loss
@@ -287,155 +277,7 @@ class TrainConfig:
         return sum(s.steps for s in self.stages)
 
 
-# ---------------------------------------------------------------------------------------------- TOML
-
-
-def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> TrainConfig:
-    """Read a TOML file, apply `a.b=c` overrides, validate -> TrainConfig (errors name the offending key)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"training config {path} does not exist")
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as err:
-        raise ValueError(f"{path} is not valid TOML: {err}") from err
-    for text in overrides:
-        apply_override(raw, text)
-    return config_from_dict(raw)
-
-
-def _parse_value(text: str) -> Any:
-    """A TOML value (`2e-5`, `true`, `["q", "k"]`, `"x"`); anything else is taken as a bare string."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
-def apply_override(raw: dict, text: str) -> None:
-    """In place: `stages.1.lr=2e-5` sets raw["stages"][1]["lr"]; missing tables are created."""
-    key, sep, value = text.partition("=")
-    _check(bool(sep) and bool(key.strip()), f"override {text!r} must look like section.field=value")
-    parts = key.strip().split(".")
-    if parts[0] == "stages" and "stages" not in raw:
-        raw["stages"] = [_stage_dict(s) for s in DEFAULT_STAGES]
-    node: Any = raw
-    for i, part in enumerate(parts[:-1]):
-        if isinstance(node, list):
-            _check(part.isdigit() and int(part) < len(node), f"override {text!r}: no item {part} in {parts[i - 1]}")
-            node = node[int(part)]
-        else:
-            node = node.setdefault(part, {})
-            _check(isinstance(node, (dict, list)), f"override {text!r}: {'.'.join(parts[: i + 1])} is not a table")
-    last = parts[-1]
-    if isinstance(node, list):
-        _check(last.isdigit() and int(last) < len(node), f"override {text!r}: no item {last}")
-        node[int(last)] = _parse_value(value.strip())
-    else:
-        node[last] = _parse_value(value.strip())
-
-
-def _stage_dict(stage: StageConfig) -> dict:
-    return {k: v for k, v in dataclasses.asdict(stage).items() if v is not None}
-
-
-def _resolve_loss(raw: Any, where: str) -> Any:
-    """`preset = "paper"` plus explicit fields -> the preset's fields updated by the explicit ones."""
-    if not isinstance(raw, dict) or "preset" not in raw:
-        return raw
-    raw = dict(raw)
-    name = raw.pop("preset")
-    _check(name in LOSS_PRESETS, f"{where}.preset = {name!r}; choose one of {sorted(LOSS_PRESETS)}")
-    return {**dataclasses.asdict(LOSS_PRESETS[name]), **raw}
-
-
-def config_from_dict(raw: dict) -> TrainConfig:
-    """Build and validate a TrainConfig from plain data (TOML tables / JSON)."""
-    raw = dict(raw)
-    _check("data" in raw, 'the [data] table is missing; set data.kind ("cache" or "synthetic") and data.path')
-    if "loss" in raw:
-        raw["loss"] = _resolve_loss(raw["loss"], "loss")
-    if "stages" in raw:
-        _check(isinstance(raw["stages"], list), "stages must be an array of tables ([[stages]])")
-        raw["stages"] = [
-            {**s, "loss": _resolve_loss(s["loss"], f"stages.{i}.loss")} if isinstance(s, dict) and "loss" in s else s
-            for i, s in enumerate(raw["stages"])
-        ]
-    cfg = _build(TrainConfig, raw, "config")
-    _check_lora_targets(cfg)
-    return cfg
-
-
-@functools.lru_cache(maxsize=8)
-def _linear_suffixes(preset: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(names of every nn.Linear of the preset's DiT, their short forms without block / injector indices)."""
-    import torch  # noqa: PLC0415 - the model is built on the meta device: no memory, no weights
-
-    from ..cointeract_core.model.config import PRESETS  # noqa: PLC0415
-    from ..cointeract_core.model.dit import CoInteractDiT  # noqa: PLC0415
-
-    with torch.device("meta"):
-        model = CoInteractDiT(PRESETS[preset])
-    names = tuple(n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear))
-
-    def short(name: str) -> str:  # blocks.3.self_attn.q -> self_attn.q; injector.0.q -> q
-        parts = name.split(".")
-        cut = max((i for i, p in enumerate(parts[:-1]) if p.isdigit()), default=-1)
-        return ".".join(parts[cut + 1 :])
-
-    return names, tuple(sorted({short(n) for n in names}))
-
-
-def _check_lora_targets(cfg: TrainConfig) -> None:
-    """Every lora.targets entry must name the end of some nn.Linear of the model (PEFT suffix matching)."""
-    names, choices = _linear_suffixes(cfg.model.preset)
-    bad = [t for t in cfg.lora.targets if not any(n == t or n.endswith("." + t) for n in names)]
-    _check(
-        not bad,
-        f"lora.targets {bad} match no linear layer of model.preset {cfg.model.preset!r}; a target is the end of a "
-        f"layer name, e.g. one of {list(choices)} (official: {list(OFFICIAL_LORA_TARGETS)})",
-    )
-
-
-def _build(cls: type, raw: Any, where: str) -> Any:
-    _check(isinstance(raw, dict), f"{where} must be a table, got {type(raw).__name__} {raw!r}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - known)
-    _check(not unknown, f"unknown key(s) {unknown} in {where}; valid keys: {sorted(known)}")
-    kwargs = {name: _convert(value, hints[name], f"{where}.{name}") for name, value in raw.items()}
-    try:
-        return cls(**kwargs)
-    except TypeError as err:  # a required field is missing
-        raise ValueError(f"{where}: {err}") from err
-
-
-def _convert(value: Any, tp: Any, where: str) -> Any:
-    """Check / convert one value against a field's type hint."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _convert(value, inner, where)
-    if origin is Literal:
-        _check(value in args, f"{where} = {value!r}; choose one of {list(args)}")
-        return value
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, where)
-    if origin is tuple:
-        _check(isinstance(value, (list, tuple)), f"{where} must be an array, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(v, args[0], f"{where}.{i}") for i, v in enumerate(value))
-        _check(len(value) == len(args), f"{where} must have {len(args)} items, got {value!r}")
-        return tuple(_convert(v, a, f"{where}.{i}") for i, (v, a) in enumerate(zip(value, args)))
-    if tp is float:
-        _check(isinstance(value, (int, float)) and not isinstance(value, bool), f"{where} must be a number: {value!r}")
-        return float(value)
-    if tp in (int, bool, str):
-        _check(type(value) is tp, f"{where} must be {tp.__name__}, got {type(value).__name__} {value!r}")
-        return value
-    raise TypeError(f"{where}: unsupported field type {tp}")  # a bug in this file, not in the user's config
+# ------------------------------------------------------------------------------------- TOML / JSON out
 
 
 def _toml_value(value: Any) -> str:
@@ -469,7 +311,7 @@ def _toml_table(data: dict, header: str, array: bool = False) -> list[str]:
 
 
 def config_to_toml(cfg: TrainConfig) -> str:
-    """The resolved config as a TOML file that `load_config` reads back to an equal TrainConfig."""
+    """The resolved config as a TOML file that `config_load.load_config` reads back to an equal TrainConfig."""
     return "\n".join(_toml_table(dataclasses.asdict(cfg), "")).lstrip() + "\n"
 
 

@@ -5,11 +5,13 @@ official targets `q, k, v, o, ffn.ffn_base.0, ffn.ffn_base.2` therefore hit ever
 projection, both base-FFN linears, AND the q/k/v/o of the audio injectors' cross-attentions
 (`audio_injector.injector.J.{q,k,v,o}`) — official behaviour, kept so our checkpoints have the official keys.
 Factors live at `X.lora_A.default.weight` [r, in] / `X.lora_B.default.weight` [out, r] (A kaiming, B zero) and
-the forward adds (alpha/r)·B·A·x. peft is imported only inside these functions.
+the forward adds (alpha/r)·B·A·x. peft is imported only inside these functions. `check_lora_targets` applies the
+same suffix rule to a config before any model is built (`config_load` calls it).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping
 
@@ -17,11 +19,19 @@ import torch
 from torch import nn
 
 from ..cointeract_core.weights import lora as core_lora
-from .config import LoRAConfig
+from .config import OFFICIAL_LORA_TARGETS, LoRAConfig, check
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ADAPTER", "inject_lora", "lora_modules", "lora_scaling", "load_lora_into_adapter", "base_param_name"]
+__all__ = [
+    "ADAPTER",
+    "inject_lora",
+    "lora_modules",
+    "lora_scaling",
+    "load_lora_into_adapter",
+    "base_param_name",
+    "check_lora_targets",
+]
 
 ADAPTER = "default"  # the PEFT adapter name; it appears in the official keys (`lora_A.default.weight`)
 
@@ -50,7 +60,7 @@ def inject_lora(model: nn.Module, cfg: LoRAConfig) -> list[str]:
     except ValueError as err:
         raise ValueError(f"lora.targets {list(cfg.targets)} do not fit this model: {err}") from err
     names = sorted(lora_modules(model))
-    hit = {t: sum(n == t or n.endswith("." + t) for n in names) for t in cfg.targets}
+    hit = {t: sum(_matches(n, t) for n in names) for t in cfg.targets}
     missing = [t for t, n in hit.items() if n == 0]
     if missing:
         raise ValueError(f"lora.targets {missing} match no nn.Linear of the model; module names look like {names[:3]}")
@@ -63,6 +73,40 @@ def inject_lora(model: nn.Module, cfg: LoRAConfig) -> list[str]:
         injector,
     )
     return names
+
+
+def _matches(name: str, target: str) -> bool:
+    """PEFT suffix matching: the module name equals the target or ends with `.target`."""
+    return name == target or name.endswith("." + target)
+
+
+def check_lora_targets(lora: LoRAConfig, preset: str) -> None:
+    """Every lora.targets entry must name the end of some nn.Linear of the preset's DiT; ValueError otherwise."""
+    names, choices = _linear_names(preset)
+    bad = [t for t in lora.targets if not any(_matches(n, t) for n in names)]
+    check(
+        not bad,
+        f"lora.targets {bad} match no linear layer of model.preset {preset!r}; a target is the end of a "
+        f"layer name, e.g. one of {list(choices)} (official: {list(OFFICIAL_LORA_TARGETS)})",
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _linear_names(preset: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(names of every nn.Linear of the preset's DiT, their short forms without block / injector indices)."""
+    from ..cointeract_core.model.config import PRESETS  # noqa: PLC0415
+    from ..cointeract_core.model.dit import CoInteractDiT  # noqa: PLC0415
+
+    with torch.device("meta"):  # no memory, no weights
+        model = CoInteractDiT(PRESETS[preset])
+    names = tuple(n for n, m in model.named_modules() if isinstance(m, nn.Linear))
+
+    def short(name: str) -> str:  # blocks.3.self_attn.q -> self_attn.q; injector.0.q -> q
+        parts = name.split(".")
+        cut = max((i for i, p in enumerate(parts[:-1]) if p.isdigit()), default=-1)
+        return ".".join(parts[cut + 1 :])
+
+    return names, tuple(sorted({short(n) for n in names}))
 
 
 def lora_modules(model: nn.Module) -> dict[str, nn.Module]:

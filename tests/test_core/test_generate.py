@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import math
@@ -15,7 +16,11 @@ from PIL import Image
 from comfyui_cointeract.cointeract_core.media import probe, write_wav
 from comfyui_cointeract.cointeract_core.model.config import PRESETS
 from comfyui_cointeract.cointeract_core.model.dit import CoInteractDiT
+from comfyui_cointeract.cointeract_core.pipeline import cli_options
 from comfyui_cointeract.cointeract_core.pipeline import generate as gen
+from comfyui_cointeract.cointeract_core.pipeline.cases import read_demo_csv
+from comfyui_cointeract.cointeract_core.pipeline.engines import Engines
+from comfyui_cointeract.cointeract_core.sampling.sampler import SamplerConfig
 from comfyui_cointeract.cointeract_core.toy.audio import ToyAudioFeatures
 from comfyui_cointeract.cointeract_core.toy.codec import ToyCodec
 from comfyui_cointeract.cointeract_core.toy.text import ToyTextEncoder
@@ -27,7 +32,7 @@ RUN = ["--height", "16", "--width", "32", "--steps", "2"]
 def engines():
     cfg = dataclasses.replace(PRESETS["tiny_cointeract"], in_dim=48, out_dim=48, cond_dim=48, text_len=96, audio_dim=16)
     torch.manual_seed(0)
-    return gen.Engines(CoInteractDiT(cfg).eval(), ToyCodec(2), ToyTextEncoder(32, max_length=96), ToyAudioFeatures(16))
+    return Engines(CoInteractDiT(cfg).eval(), ToyCodec(2), ToyTextEncoder(32, max_length=96), ToyAudioFeatures(16))
 
 
 def _speech(path, seconds: float, rate: int = 44100, channels: int = 2) -> None:
@@ -125,7 +130,7 @@ def test_bad_inputs_are_refused_before_writing(engines, inputs, bad, match):
 def test_demo_csv_missing_column_is_named(tmp_path):
     (tmp_path / "d.csv").write_text("audio,person_image,prompt\na.wav,,hello\n")
     with pytest.raises(ValueError, match="line 2: missing person_image"):
-        gen.read_demo_csv(tmp_path / "d.csv")
+        read_demo_csv(tmp_path / "d.csv")
 
 
 def test_step_cache_flags_reach_the_sampler_and_the_sidecar(engines, inputs):
@@ -146,13 +151,13 @@ def test_step_cache_flags_reach_the_sampler_and_the_sidecar(engines, inputs):
 
 def _sampler_args(argv: list[str]):
     """The SamplerConfig that `cointeract generate` builds from these run flags."""
-    parser = gen.argparse.ArgumentParser()
-    gen._add_run_args(parser)
-    return gen._sampler_config(parser.parse_args(argv))
+    parser = argparse.ArgumentParser()
+    cli_options.add_run_args(parser)
+    return cli_options.sampler_config(parser.parse_args(argv))
 
 
 def test_sampler_flags_reach_the_config():
-    assert _sampler_args([]) == gen.SamplerConfig()
+    assert _sampler_args([]) == SamplerConfig()
     cfg = _sampler_args(["--sampler", "unipc", "--scheduler", "simple", "--steps", "20", "--cfg", "5", "--shift", "3"])
     assert (cfg.sampler, cfg.scheduler, cfg.steps, cfg.cfg, cfg.shift) == ("unipc", "simple", 20, 5.0, 3.0)
     distill = _sampler_args(["--preset", "distill", "--seed", "4", "--cfg-batch", "off"])

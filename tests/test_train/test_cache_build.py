@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 from comfyui_cointeract.cli import main as cli_main
 from comfyui_cointeract.train import cache_build
 from comfyui_cointeract.train.cache import MANIFEST, CachedDataset
-from comfyui_cointeract.train.config import DataConfig, EncodeConfig, load_config
+from comfyui_cointeract.train.config import DataConfig, EncodeConfig
+from comfyui_cointeract.train.config_load import load_config
 from comfyui_cointeract.train.errors import UserError
 from comfyui_cointeract.train.toyworld.dataset import write_prepare_sources
 

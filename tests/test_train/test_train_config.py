@@ -6,13 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from comfyui_cointeract.train.config import (
-    LOSS_PRESETS,
-    OFFICIAL_LORA_TARGETS,
-    apply_override,
-    config_from_dict,
-    load_config,
-)
+from comfyui_cointeract.train.config import LOSS_PRESETS, OFFICIAL_LORA_TARGETS
+from comfyui_cointeract.train.config_load import apply_override, config_from_dict, load_config
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "train" / "example_config.toml"
 
