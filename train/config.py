@@ -166,17 +166,27 @@ class DropoutConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    """L = w(t)·MSE_rgb + hoi_weight·w(t)·MSE_hoi + router_weight·CE_router (official weights 0.5 / 0.05)."""
+    """L = w(t)·MSE_rgb + hoi_weight·w(t)·MSE_hoi + router_weight·CE_router (official weights 0.5 / 0.05).
+
+    `face_weight` / `hand_weight` (0 = official) weight the flow losses per token region: a token the box labels
+    mark face (hand) counts 1 + face_weight (1 + hand_weight) times, normalised so that a uniform error keeps its
+    MSE — the paper's region-weighted reconstruction, for regions smaller than the loss can otherwise see.
+    """
 
     hoi_weight: float = 0.5
     router_weight: float = 0.05
+    face_weight: float = 0.0
+    hand_weight: float = 0.0
     shift: float = 5.0  # training schedule shift (official train_shift)
     num_timesteps: int = 1000
     timestep_weighting: bool = True  # the official w(t); False: w = 1
     quantize_timestep: bool = True  # official: the sampled timestep is cast to bf16, sigma / w(t) follow it
 
     def __post_init__(self) -> None:
-        check(self.hoi_weight >= 0 and self.router_weight >= 0, "loss weights must be >= 0")
+        check(
+            min(self.hoi_weight, self.router_weight, self.face_weight, self.hand_weight) >= 0,
+            "loss weights (hoi_weight, router_weight, face_weight, hand_weight) must be >= 0",
+        )
         check(self.shift > 0 and self.num_timesteps >= 2, "loss.shift must be > 0 and loss.num_timesteps >= 2")
 
 

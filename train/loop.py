@@ -37,7 +37,16 @@ from .errors import UserError
 from .fsdp import EveryParamGrad, promote_cpu_fsdp, refuse_unrun_deepspeed
 from .lock import RunLock
 from .lora_peft import inject_lora
-from .losses import FlowSchedule, LossParts, flow_loss, router_counts, router_loss, router_summary, total_loss
+from .losses import (
+    FlowSchedule,
+    LossParts,
+    flow_loss,
+    region_weights,
+    router_counts,
+    router_loss,
+    router_summary,
+    total_loss,
+)
 from .metrics import MetricsLog, peak_memory_mb
 from .resume import on_main, plan_resume
 from .sample import TrainSample
@@ -270,8 +279,9 @@ def forward_batch(model: nn.Module, batch: Batch, span: StageSpan) -> DiTOutput:
 
 def compute_losses(out: DiTOutput, batch: Batch, cfg: LossConfig) -> LossParts:
     """Flow (RGB), HOI (when co-generated) and router losses of one forward, combined with the stage's weights."""
-    flow = flow_loss(out.velocity, batch.velocity, batch.weight)
-    hoi = flow_loss(out.hoi_velocity, batch.hoi_velocity, batch.weight) if batch.hoi is not None else None
+    cells = region_weights(batch.router_targets, tuple(batch.velocity.shape), cfg.face_weight, cfg.hand_weight)
+    flow = flow_loss(out.velocity, batch.velocity, batch.weight, cells)
+    hoi = flow_loss(out.hoi_velocity, batch.hoi_velocity, batch.weight, cells) if batch.hoi is not None else None
     router = (
         router_loss(out.router_logits, batch.router_targets, batch.router_weights)
         if out.router_logits is not None

@@ -22,6 +22,7 @@ __all__ = [
     "LossParts",
     "add_noise",
     "flow_loss",
+    "region_weights",
     "router_loss",
     "total_loss",
     "router_counts",
@@ -71,10 +72,42 @@ def add_noise(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> tor
     return (1 - s) * x0 + s * noise
 
 
-def flow_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """mean_b w_b·MSE_b. pred/target [B, C, F, H, W], weight [B] -> scalar (official: w(t)·MSE at batch 1)."""
-    mse = (pred.float() - target.float()).square().flatten(1).mean(1)  # [B]
+def flow_loss(
+    pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, cells: torch.Tensor | None = None
+) -> torch.Tensor:
+    """mean_b w_b·MSE_b. pred/target [B, C, F, H, W], weight [B] -> scalar (official: w(t)·MSE at batch 1).
+
+    `cells` [B, 1, F, H, W] (from `region_weights`) weights each latent cell: MSE_b = Σ cells·se / Σ cells.
+    """
+    se = (pred.float() - target.float()).square()
+    if cells is None:
+        mse = se.flatten(1).mean(1)  # [B]
+    else:
+        cells = cells.to(se).expand_as(se)
+        mse = (cells * se).flatten(1).sum(1) / cells.flatten(1).sum(1)
     return (weight.to(mse) * mse).mean()
+
+
+def region_weights(
+    targets: torch.Tensor, latent_shape: tuple[int, ...], face: float, hand: float
+) -> torch.Tensor | None:
+    """Router targets [B, N, 3] (base, hand, face; N = F·h·w tokens) -> per-cell weights [B, 1, F, H, W] of
+    the latents [B, C, F, H, W]: 1 + hand·p_hand + face·p_face, each token's value over its patch. None when both
+    weights are 0 (the official, unweighted loss)."""
+    if face == 0 and hand == 0:
+        return None
+    b, _, f, h, w = latent_shape
+    n = targets.shape[1]
+    if n % f or (h * w) % (n // f):
+        raise ValueError(f"{n} router targets do not tile latents of {f}x{h}x{w}")
+    area = (h * w) // (n // f)  # latent cells per token (the DiT's spatial patch)
+    ph = int(round(area**0.5))
+    if ph * ph != area or h % ph or w % ph:
+        raise ValueError(f"{n} router targets over {f}x{h}x{w} latents: not a square patch; give matching boxes")
+    t = targets.float()
+    token = 1.0 + hand * t[..., 1] + face * t[..., 2]  # [B, N]
+    grid = token.view(b, 1, f, h // ph, w // ph)
+    return grid.repeat_interleave(ph, dim=3).repeat_interleave(ph, dim=4)
 
 
 def router_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from comfyui_cointeract.train.config import DropoutConfig, LossConfig, StageConfig
@@ -11,6 +12,7 @@ from comfyui_cointeract.train.losses import (
     FlowSchedule,
     add_noise,
     flow_loss,
+    region_weights,
     router_counts,
     router_loss,
     router_summary,
@@ -131,3 +133,36 @@ def test_dropped_conditions_become_what_the_official_trainer_feeds():
     assert torch.equal(kept.audio[0], s.audio) and torch.equal(kept.motion[0], s.motion)
     assert torch.equal(kept.pose[0], s.pose) and torch.allclose(kept.velocity + 1, dropped.velocity)  # same noise
     assert torch.equal(kept.timestep, dropped.timestep) and kept.product_scale == s.product_scale
+
+
+def test_region_weights_spread_each_token_over_its_patch_and_weight_the_mse():
+    # 2 latent frames of 4x4 cells, 2x2 patches -> 2·2·2 = 8 tokens; token 1 is face, token 6 is hand
+    targets = torch.zeros(1, 8, 3)
+    targets[0, :, 0] = 1.0
+    targets[0, 1] = torch.tensor([0.0, 0.0, 1.0])
+    targets[0, 6] = torch.tensor([0.0, 1.0, 0.0])
+    cells = region_weights(targets, (1, 3, 2, 4, 4), face=4.0, hand=9.0)
+    assert cells.shape == (1, 1, 2, 4, 4)
+    assert torch.equal(cells[0, 0, 0, :2, 2:], torch.full((2, 2), 5.0))  # token 1 = frame 0, row 0, column 1
+    assert torch.equal(cells[0, 0, 1, 2:, :2], torch.full((2, 2), 10.0))  # token 6 = frame 1, row 1, column 0
+    assert cells.sum() == 32 - 8 + 4 * 5 + 4 * 10
+    assert region_weights(targets, (1, 3, 2, 4, 4), face=0.0, hand=0.0) is None  # official: unweighted
+
+    pred, target = torch.zeros(1, 3, 2, 4, 4), torch.zeros(1, 3, 2, 4, 4)
+    pred[0, :, 0, :2, 2:] = 1.0  # an error only inside the face token
+    plain = flow_loss(pred, target, torch.ones(1))
+    weighted = flow_loss(pred, target, torch.ones(1), cells)
+    assert math.isclose(plain.item(), 4 / 32, rel_tol=1e-6)
+    assert math.isclose(weighted.item(), 4 * 5 / cells.sum().item(), rel_tol=1e-6)  # 5x the face, normalised
+    uniform = flow_loss(torch.ones(1, 3, 2, 4, 4), target, torch.ones(1), cells)
+    assert math.isclose(uniform.item(), 1.0, rel_tol=1e-6)  # a uniform error keeps its MSE
+
+
+def test_region_weights_refuse_targets_that_do_not_tile_the_latents():
+    with pytest.raises(ValueError, match="do not tile"):
+        region_weights(torch.zeros(1, 7, 3), (1, 3, 2, 4, 4), face=1.0, hand=0.0)
+
+
+def test_loss_config_refuses_negative_region_weights():
+    with pytest.raises(ValueError, match="face_weight"):
+        LossConfig(face_weight=-1.0)
