@@ -54,11 +54,14 @@ def mouth_size(truth, codec) -> None:
     spf = truth.config.samples_per_frame
     r_codec = lip_audio_correlation(segment(pixels, truth.rgb), truth.audio, spf)
     a_codec = (segment(pixels, truth.rgb) == MOUTH).sum((1, 2))
-    for channels in (32, 64):  # the same PCA fit as the demo's codec with more channels
-        wider = fit_toy_codec(demo_world(), 0, channels)
-        px = ((wider.decode(wider.encode(_video(frames)))[0, :, 1:].permute(1, 2, 3, 0) + 1) * 127.5).round()
-        r = lip_audio_correlation(segment(px.clamp(0, 255).to(torch.uint8).numpy(), truth.rgb), truth.audio, spf)
-        print(f"    codec round trip with {channels} PCA channels: lip r {r:.3f}")
+    for channels in (16, 32, 48, 64):  # the demo's PCA fit with other channel counts: the codec's ceiling
+        other = fit_toy_codec(demo_world(), 0, channels)
+        px = ((other.decode(other.encode(_video(frames)))[0, :, 1:].permute(1, 2, 3, 0) + 1) * 127.5).round()
+        s = ev.score_frames(px.clamp(0, 255).to(torch.uint8).numpy(), truth)
+        print(
+            f"    ground truth through a {channels}-channel PCA codec: lip r {s['lip_audio_r']:.2f}, contact "
+            f"{s['contact_error_px']:.1f} px, missing {s['missing_rate']:.2f}, penetration {s['penetration_rate']:.2f}"
+        )
     print(
         f"    codec round trip: lip r {r_codec:.3f} (truth {lip_audio_correlation(classes, truth.audio, spf):.3f}); "
         f"mouth area px mean {a_codec.mean():.1f}, r(area, true area) {np.corrcoef(a_codec, area)[0, 1]:.3f}"

@@ -15,7 +15,7 @@ from comfyui_cointeract.cointeract_core.toy import ToyAudioFeatures, ToyCodec, T
 from comfyui_cointeract.cointeract_core.toy.bundle import BundleError, bundle_info, is_bundle, load_bundle, save_bundle
 from comfyui_cointeract.cointeract_core.weights.checkpoint import save_dit
 
-SMALL = dataclasses.replace(  # over the lossless ToyCodec(8): 768 channels (the preset takes the 16-channel PCA)
+SMALL = dataclasses.replace(  # over the lossless ToyCodec(8): 768 channels (the preset takes the 32-channel PCA)
     PRESETS["toy"], dim=32, ffn_dim=32, num_heads=2, num_layers=2, audio_inject_layers=(0, 1), moe=MoEConfig(8),
     in_dim=768, out_dim=768, cond_dim=768,
 )  # fmt: skip
@@ -109,7 +109,7 @@ def test_shipped_bundle_loads_and_generates():
     from comfyui_cointeract.cointeract_core.sampling.sampler import SamplerConfig
 
     model, codec, text, audio = load_bundle(ASSETS / "toy_bundle.safetensors")
-    assert model.cfg.in_dim == codec.latent_channels == 16 and model.cfg.dim == PRESETS["toy"].dim
+    assert model.cfg.in_dim == codec.latent_channels == 32 and model.cfg.dim == PRESETS["toy"].dim
     assert (ASSETS / "toy_bundle.safetensors").stat().st_size < 12e6
     speech = load_audio(ASSETS / "speech.wav", sample_rate=16000)
     prompts = (ASSETS / "prompts.txt").read_text().splitlines()

@@ -140,3 +140,16 @@ def test_ablation_trains_four_variants_with_the_same_budget(tmp_path):
     assert no_cogen["hoi_loss"] == [None, None] and rows[3]["hoi_loss"][0] is not None
     text = (out / "report.txt").read_text()
     assert "w/o asymmetric mask" in text and "1.00x" in text  # cost relative to w/o MoE
+
+
+@pytest.mark.parametrize("flag", ["--face-weight", "--hand-weight"])
+def test_negative_region_weights_are_refused(flag, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        demo.parse_args(["--out", str(tmp_path / "o"), flag, "-1"])
+    assert exc.value.code == 2 and "--face-weight and --hand-weight must be >= 0" in capsys.readouterr().err
+
+
+def test_the_demo_trains_with_the_region_weighted_loss(tmp_path):
+    args = demo.parse_args(["--out", str(tmp_path / "o")])
+    loss = demo.toy_loss(args.shift, args.face_weight, args.hand_weight)
+    assert loss.face_weight == args.face_weight > 0 and loss.hand_weight == args.hand_weight > 0

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from comfyui_cointeract import cli
 from comfyui_cointeract.cointeract_core.media.audio import load_audio
@@ -40,6 +41,12 @@ def test_command_writes_every_field_and_prints_the_table(tmp_path, capsys):
     assert report["audio_probe"]["other_speech"] == "reversed" and report["audio_probe"]["elsewhere"] >= 0
     out = capsys.readouterr().out
     assert "lip_audio_r" in out and "mouth / elsewhere" in out
+    # 80 frames, every 16th: 5 columns, generated over truth, 2x
+    strip = np.asarray(Image.open(tmp_path / "o" / "strip.png").convert("RGB"))
+    assert strip.shape == (2 * 64 * 2, 5 * 64 * 2, 3)
+    truth = ev.truth_story(1).frames
+    assert np.array_equal(strip[128:, :128], truth[0].repeat(2, 0).repeat(2, 1))  # bottom row: the ground truth
+    assert np.array_equal(strip[128:, 128:256], truth[16].repeat(2, 0).repeat(2, 1))
 
 
 def test_the_shipped_story_is_world_seed_0():

@@ -322,11 +322,11 @@ def test_trainer_cache_and_toy_model_consume_the_dataset(world_csv, tmp_path):
     """World CSV -> RawClipDataset -> latent cache with the toy codec and encoders -> the toy preset's forward."""
     cfg = PRESETS["toy"]
     ds = RawClipDataset(world_csv, None, 64, 64, patch=16)
-    codec = fit_pca_codec([torch.rand(1, 3, 9, 64, 64) * 2 - 1], cfg.in_dim)  # the preset's 16 PCA channels
+    codec = fit_pca_codec([torch.rand(1, 3, 9, 64, 64) * 2 - 1], cfg.in_dim)  # the preset's 32 PCA channels
     encoders = (codec, ToyTextEncoder(cfg.text_dim, cfg.text_len), ToyAudioFeatures(cfg.audio_dim))
     build_cache(ds, *encoders, tmp_path / "cache", dtype=torch.float32)
     s = CachedDataset(tmp_path / "cache")[0]
-    assert s.target_with_motion.shape == (16, 20, 8, 8) and s.motion.shape == (16, 19, 8, 8)
+    assert s.target_with_motion.shape == (32, 20, 8, 8) and s.motion.shape == (32, 19, 8, 8)
     assert s.audio.shape == (25, 16, 80) and s.router_targets.shape == (320, 3)
     assert s.router_targets[:, 1].sum() > 0 and s.router_targets[:, 2].sum() > 0  # hand and face tokens
     model = CoInteractDiT(cfg).train()

@@ -42,7 +42,7 @@ class ToyEncoders:
     audio: ToyAudioFeatures
 
 
-# PCA channels of the demo's codec: 16 x 2x2 = 64 numbers per token for a 128-wide DiT
+# PCA channels of the demo's codec: 32 x 2x2 = 128 numbers per token for a 128-wide DiT
 TOY_CHANNELS = PRESETS["toy"].in_dim
 
 
@@ -59,7 +59,7 @@ def demo_world() -> WorldConfig:
 
 
 def toy_config(channels: int = TOY_CHANNELS) -> DiTConfig:
-    """The `toy` preset (16 PCA channels) with `channels` latent channels in, out and pose."""
+    """The `toy` preset (32 PCA channels) with `channels` latent channels in, out and pose."""
     return dataclasses.replace(PRESETS["toy"], in_dim=channels, out_dim=channels, cond_dim=channels)
 
 

@@ -6,7 +6,8 @@ demo's sampler (20 steps, cfg 3, shift 1), scores the frames and the ground trut
 the audio-sensitivity probe: the same generation (same noise) with the speech reversed in time — the same voice,
 loudness and length, other syllables at other times — and the mean per-pixel change (/255) in the mouth region
 (every pixel the true mouth covers in some frame, grown by one pixel) and elsewhere. A model whose lips follow the
-speech changes the mouth far more than the rest. Writes DIR/report.json and prints the table.
+speech changes the mouth far more than the rest. Writes DIR/report.json and DIR/strip.png (every 16th frame:
+generated above, ground truth below) and prints the table.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from ...cointeract_core.pipeline.clips import VideoOptions, generate
 from ...cointeract_core.sampling.sampler import SamplerConfig
 from ...cointeract_core.toy.bundle import load_bundle
 from ..toyworld.evaluation import ClipTruth, EvalReport, evaluate_clip, segment
+from ..toyworld.files import frame_grid, write_png
 from ..toyworld.render import CLASSES
 from ..toyworld.world import WorldSequence, slice_sequence
 from .data import demo_world, held_out_inputs
@@ -43,6 +45,7 @@ __all__ = [
     "other_speech",
     "audio_probe",
     "evaluate",
+    "strip",
     "format_table",
     "main",
 ]
@@ -135,8 +138,16 @@ def _renderer(bundle: tuple, clips: int, sampler: SamplerConfig) -> Callable[[np
     return render
 
 
-def evaluate(bundle_path: Path, clips: int, seed: int, sample_steps: int = 20) -> dict:
-    """Generate, score and probe the shipped story with a bundle -> the report (see the module docstring)."""
+def strip(generated: np.ndarray, truth: np.ndarray, step: int = 16, scale: int = 2) -> np.ndarray:
+    """Every `step`-th frame of generated [T, H, W, 3] over the same frames of the truth -> uint8 image, `scale`x."""
+    n = min(len(generated), len(truth))
+    columns = -(-n // step)
+    return np.concatenate([frame_grid(f[:n], columns, step, scale) for f in (generated, truth)], axis=0)
+
+
+def evaluate(bundle_path: Path, clips: int, seed: int, sample_steps: int = 20, strip_png: Path | None = None) -> dict:
+    """Generate, score and probe the shipped story with a bundle -> the report (see the module docstring);
+    `strip_png`: also write the generated frames over the ground truth there (`strip`)."""
     bundle = load_bundle(bundle_path)
     truth = truth_story(clips)
     speech = load_audio(ASSETS / "speech.wav", sample_rate=bundle[3].sample_rate).waveform.numpy()
@@ -144,6 +155,8 @@ def evaluate(bundle_path: Path, clips: int, seed: int, sample_steps: int = 20) -
     render, start = _renderer(bundle, clips, sampler), time.monotonic()
     frames = render(speech)
     generated = score_frames(frames[: len(truth.frames)], truth)
+    if strip_png is not None:
+        write_png(strip_png, strip(frames, truth.frames))
     probe = audio_probe(frames, render(other_speech(speech)), mouth_region(truth))
     return {
         "bundle": str(bundle_path), "clips": clips, "frames": len(truth.frames), "seed": seed,
@@ -168,9 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of `cointeract evaluate`."""
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     torch.set_num_threads(args.threads)
-    report = evaluate(Path(args.bundle), args.clips, args.seed, args.sample_steps)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    report = evaluate(Path(args.bundle), args.clips, args.seed, args.sample_steps, out / "strip.png")
     (out / "report.json").write_text(json.dumps(report, indent=1))
     print(format_table(report), end="")
     return 0

@@ -50,15 +50,16 @@ BODY_CLASSES = ("torso", "arm", "head", "hair", "eyes", "mouth", "left_hand", "r
 class BodyLayout:
     """The presenter's fixed geometry in units. Hands: index 0 = presenter's left (image right, +x)."""
 
-    head_c: tuple[float, float] = (0.0, -0.165)
-    head_r: tuple[float, float] = (0.10, 0.125)
+    # A big head for 64x64 frames (issue 16): the mouth spans 10-66 px instead of 4-26, so the codec keeps it
+    head_c: tuple[float, float] = (0.0, -0.2)
+    head_r: tuple[float, float] = (0.14, 0.165)
     hair_below: float = 0.07  # hair covers the head above head_c.y - hair_below
-    eye_dx: float = 0.04
-    eye_y: float = -0.175
-    eye_r: float = 0.017
-    mouth_c: tuple[float, float] = (0.0, -0.105)
-    mouth_rx: float = 0.042
-    mouth_ry: tuple[float, float] = (0.009, 0.037)  # closed, added at full opening
+    eye_dx: float = 0.055
+    eye_y: float = -0.215
+    eye_r: float = 0.022
+    mouth_c: tuple[float, float] = (0.0, -0.115)
+    mouth_rx: float = 0.075
+    mouth_ry: tuple[float, float] = (0.012, 0.055)  # closed, added at full opening
     torso_c: tuple[float, float] = (0.0, 0.2)
     torso_half: tuple[float, float] = (0.19, 0.24)
     torso_corner: float = 0.08
@@ -67,7 +68,7 @@ class BodyLayout:
     upper_arm: float = 0.18
     forearm: float = 0.18
     arm_r: float = 0.028
-    hand_r: float = 0.045
+    hand_r: float = 0.06  # 3.8 px at 64x64: a hand survives the codec (0.045 did not)
     rest_hand: tuple[float, float] = (0.24, 0.31)  # left hand at rest on the table; mirrored for the right
     grip_gap: float = 0.01  # hand centre distance outside the product's side when gripping
 
