@@ -65,9 +65,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=1,
         help="torch CPU threads; results are deterministic per count (1: fastest on a busy machine)",
     )
-    p.add_argument("--train-clips", type=int, default=60, help="toy-world training clips (81 frames each)")
+    p.add_argument("--train-clips", type=int, default=80, help="toy-world training clips (81 frames each)")
     p.add_argument("--eval-clips", type=int, default=4, help="held-out clips for router recall and losses")
-    p.add_argument("--steps", type=int, nargs=2, default=(1200, 400), metavar=("STAGE1", "STAGE2"),
+    p.add_argument("--steps", type=int, nargs=2, default=(1600, 500), metavar=("STAGE1", "STAGE2"),
                    help="optimizer steps per stage (a stage also stops when its time share is spent)")  # fmt: skip
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of both stages (AdamW)")
     p.add_argument("--shift", type=float, default=1.0,
