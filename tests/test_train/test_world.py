@@ -334,5 +334,5 @@ def test_trainer_cache_and_toy_model_consume_the_dataset(world_csv, tmp_path):
         s.target_with_motion[None], 500.0, s.prompt[None], s.audio[None], s.person[None], product=s.product[None],
         motion=s.motion[None], hoi=s.hoi[None], hoi_context=s.hoi_prompt[None], attention="full",
     )  # fmt: skip
-    assert out.velocity.shape == out.hoi_velocity.shape == (1, 16, 20, 8, 8)
+    assert out.velocity.shape == out.hoi_velocity.shape == (1, 32, 20, 8, 8)
     assert out.router_logits.shape == (cfg.num_layers, 1, 320, 3)
