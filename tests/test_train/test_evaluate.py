@@ -32,7 +32,13 @@ def truth():
 def test_command_writes_every_field_and_prints_the_table(tmp_path, capsys):
     assert cli.run_command("evaluate", ["--out", str(tmp_path / "o"), "--clips", "1", "--sample-steps", "1"]) == 0
     report = json.loads((tmp_path / "o" / "report.json").read_text())
-    assert report["frames"] == 80 and report["sampler"] == {"steps": 1, "cfg": 3.0, "shift": 1.0}
+    assert report["frames"] == 80 and report["sampler"] == {
+        "steps": 1,
+        "cfg": 3.0,
+        "shift": 1.0,
+        "sampler": "euler",
+        "cache": None,
+    }
     for side in ("generated", "ground_truth"):
         assert set(report[side]) == set(ev.FIELDS) and all(np.isfinite(v) for v in report[side].values())
     gt = report["ground_truth"]
@@ -98,6 +104,8 @@ def test_probe_tells_a_lip_syncing_model_from_one_that_ignores_audio(truth):
         ["--clips", "1"],
         ["--out", "X", "--bundle", "missing.safetensors"],
         ["--out", "X", "--bundle", "NOT_A_BUNDLE"],
+        ["--out", "X", "--cache-threshold", "-1"],
+        ["--out", "X", "--sampler", "ddim"],
     ],
 )
 def test_bad_arguments_are_refused_in_one_line(argv, tmp_path, capsys):
@@ -108,3 +116,12 @@ def test_bad_arguments_are_refused_in_one_line(argv, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("cointeract evaluate: ")
     assert not (tmp_path / "o" / "report.json").exists()
+
+
+def test_a_fast_setting_is_scored_with_its_sampler_and_step_cache(tmp_path):
+    argv = ["--out", str(tmp_path / "o"), "--clips", "1", "--sample-steps", "6", "--sampler", "unipc"]
+    assert cli.run_command("evaluate", [*argv, "--cache-threshold", "0.5", "--cache-start", "2"]) == 0
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert report["sampler"]["sampler"] == "unipc"
+    assert report["sampler"]["cache"]["threshold"] == 0.5 and report["sampler"]["cache"]["start_step"] == 2
+    assert all(np.isfinite(v) for v in report["generated"].values())

@@ -28,7 +28,8 @@ import torch
 from ...cointeract_core.errors import UserError
 from ...cointeract_core.media.audio import load_audio, write_wav
 from ...cointeract_core.pipeline.clips import VideoOptions, generate
-from ...cointeract_core.sampling.sampler import SamplerConfig
+from ...cointeract_core.sampling.cache import StepCacheConfig
+from ...cointeract_core.sampling.sampler import SAMPLERS, SamplerConfig
 from ...cointeract_core.toy.bundle import load_bundle
 from ..toyworld.evaluation import ClipTruth, EvalReport, evaluate_clip, segment
 from ..toyworld.files import frame_grid, write_png
@@ -70,12 +71,23 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--clips", type=int, default=STORY_CLIPS, help=f"80-frame clips of the story, 1..{STORY_CLIPS}")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (clip r draws its noise from seed + r)")
     p.add_argument("--sample-steps", type=int, default=20, help="sampler steps per clip (the demo's: 20)")
+    p.add_argument("--sampler", default="euler", choices=SAMPLERS, help="sampler (the demo's: euler)")
+    p.add_argument("--cache-threshold", type=float, default=None,
+                   help="turn the step cache on with this threshold (see `cointeract generate --help`)")  # fmt: skip
+    p.add_argument("--cache-start", type=int, default=10, help="steps that always run before the cache may skip")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = p.parse_args(argv)
     if not 1 <= args.clips <= STORY_CLIPS:
         raise UserError(f"--clips must be 1..{STORY_CLIPS} (the shipped story has {STORY_CLIPS}); got {args.clips}")
     if args.sample_steps < 1 or args.threads < 1:
         raise UserError(f"--sample-steps and --threads must be >= 1; got {args.sample_steps}, {args.threads}")
+    if args.cache_threshold is not None:
+        try:
+            args.cache = StepCacheConfig(threshold=args.cache_threshold, start_step=args.cache_start)
+        except ValueError as err:
+            raise UserError(f"--cache-threshold / --cache-start: {err}") from None
+    else:
+        args.cache = None
     if not Path(args.bundle).is_file():
         raise UserError(f"--bundle {args.bundle} is not a file; give a toy bundle (.safetensors)")
     if Path(args.out).exists() and not Path(args.out).is_dir():
@@ -145,14 +157,23 @@ def strip(generated: np.ndarray, truth: np.ndarray, step: int = 16, scale: int =
     return np.concatenate([frame_grid(f[:n], columns, step, scale) for f in (generated, truth)], axis=0)
 
 
-def evaluate(bundle_path: Path, clips: int, seed: int, sample_steps: int = 20, strip_png: Path | None = None) -> dict:
+def evaluate(
+    bundle_path: Path,
+    clips: int,
+    seed: int,
+    sample_steps: int = 20,
+    strip_png: Path | None = None,
+    sampler: str = "euler",
+    cache: StepCacheConfig | None = None,
+) -> dict:
     """Generate, score and probe the shipped story with a bundle -> the report (see the module docstring);
-    `strip_png`: also write the generated frames over the ground truth there (`strip`)."""
+    `strip_png`: also write the generated frames over the ground truth there (`strip`); `sampler` / `cache`: score
+    a fast setting instead of the demo's (euler, no step cache)."""
     bundle = load_bundle(bundle_path)
     truth = truth_story(clips)
     speech = load_audio(ASSETS / "speech.wav", sample_rate=bundle[3].sample_rate).waveform.numpy()
-    sampler = SamplerConfig(steps=sample_steps, cfg=3.0, shift=1.0, seed=seed)
-    render, start = _renderer(bundle, clips, sampler), time.monotonic()
+    config = SamplerConfig(steps=sample_steps, cfg=3.0, shift=1.0, seed=seed, sampler=sampler, cache=cache)
+    render, start = _renderer(bundle, clips, config), time.monotonic()
     frames = render(speech)
     generated = score_frames(frames[: len(truth.frames)], truth)
     if strip_png is not None:
@@ -160,7 +181,8 @@ def evaluate(bundle_path: Path, clips: int, seed: int, sample_steps: int = 20, s
     probe = audio_probe(frames, render(other_speech(speech)), mouth_region(truth))
     return {
         "bundle": str(bundle_path), "clips": clips, "frames": len(truth.frames), "seed": seed,
-        "sampler": {"steps": sample_steps, "cfg": 3.0, "shift": 1.0},
+        "sampler": {"steps": sample_steps, "cfg": 3.0, "shift": 1.0, "sampler": sampler,
+                    "cache": dataclasses.asdict(cache) if cache is not None else None},
         "generated": generated, "ground_truth": score_frames(truth.frames, truth), "audio_probe": probe,
         "seconds": round(time.monotonic() - start, 1),
     }  # fmt: skip
@@ -183,7 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    report = evaluate(Path(args.bundle), args.clips, args.seed, args.sample_steps, out / "strip.png")
+    report = evaluate(
+        Path(args.bundle), args.clips, args.seed, args.sample_steps, out / "strip.png", args.sampler, args.cache
+    )
     (out / "report.json").write_text(json.dumps(report, indent=1))
     print(format_table(report), end="")
     return 0
