@@ -84,7 +84,7 @@ def test_raw_toy_videos_to_a_trained_finetune_with_commands_only(tmp_path, monke
     cached = json.loads((tmp_path / "cache" / MANIFEST).read_text())
     assert len(cached["samples"]) == 1 and cached["source"]["csv"] == str((tmp_path / "dataset/data.csv").resolve())
     sample = CachedDataset(tmp_path / "cache")[0]
-    assert sample.target_with_motion.shape == (16, 20, 8, 8) and sample.hoi is not None  # toy PCA codec, 64 px
+    assert sample.target_with_motion.shape == (32, 20, 8, 8) and sample.hoi is not None  # toy PCA codec, 64 px
     export = load_file(tmp_path / "run" / "exports" / "stage2-final.safetensors")
     assert any(".lora_A.default.weight" in k for k in export) and any(".ffn.router." in k for k in export)
 
