@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -64,3 +65,19 @@ def tiny_cfg():
     from comfyui_cointeract.cointeract_core.model.config import PRESETS
 
     return PRESETS["tiny"]
+
+
+def _single_thread() -> Iterator[None]:
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# Tiny models gain nothing from intra-op threads, and on a busy machine OpenMP's spinning threads made every op ~30x
+# slower (measured: 2.4 s vs 0.09 s per tiny forward on 2 loaded cores); reference runs that must match 1-thread
+# subprocesses bit for bit need it too. Use with `pytestmark = pytest.mark.usefixtures("one_thread")`.
+one_thread = pytest.fixture(_single_thread, name="one_thread")
+one_thread_per_module = pytest.fixture(_single_thread, name="one_thread_per_module", scope="module")

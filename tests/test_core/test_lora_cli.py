@@ -21,13 +21,7 @@ RUN = ["--clips", "1", "--steps", "2", "--cfg", "1", "--height", "64", "--width"
 MODULES = ("blocks.{i}.self_attn.q", "blocks.{i}.cross_attn.o", "blocks.{i}.ffn.0", "blocks.{i}.ffn.2")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads; on a loaded 2-core machine they cost a lot."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -185,10 +185,5 @@ def cfgs() -> SimpleNamespace:
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy machine OpenMP's spinning threads made every
-    op ~30x slower (measured: 2.4 s vs 0.09 s per tiny forward on 2 loaded cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _nodes_on_one_thread(one_thread) -> None:
+    """Every node test runs on one thread (`one_thread` in tests/conftest.py says why)."""

@@ -66,12 +66,7 @@ lr = 1e-3
 """
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_raw_toy_videos_to_a_trained_finetune_with_commands_only(tmp_path, monkeypatch, caplog):

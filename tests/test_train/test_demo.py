@@ -20,11 +20,7 @@ from comfyui_cointeract.train.demo.training import toy_model, toy_stages, train_
 TINY = ["--train-clips", "2", "--eval-clips", "1", "--steps", "2", "1", "--sample-steps", "2", "--minutes", "10"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -22,12 +22,7 @@ SHIPPED = D.ASSETS / "toy_distill_lora.safetensors"
 ONE_CLIP = VideoOptions(max_clips=1)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

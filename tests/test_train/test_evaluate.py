@@ -16,12 +16,7 @@ from comfyui_cointeract.cointeract_core.media.image import load_image
 from comfyui_cointeract.train.demo import evaluate as ev
 from comfyui_cointeract.train.demo.data import demo_world, held_out_inputs
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -36,12 +36,7 @@ TINY = ModelConfig(preset="tiny_cointeract", base_dtype="fp32", attention_backen
 WAN_META = {"config": json.dumps({"num_heads": 2, "text_len": 16, "audio_inject_layers": [0, 1]})}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 
 
 def _batches(cfg, n: int = 4):

@@ -16,13 +16,7 @@ from comfyui_cointeract.train.loop import TrainingDiverged, lr_at, train
 from comfyui_cointeract.train.metrics import read_metrics
 from comfyui_cointeract.train.synthetic import smoke_config, synthetic_dataset
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 
 
 def _steps(out: Path) -> list[int]:

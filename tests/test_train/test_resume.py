@@ -21,13 +21,7 @@ from comfyui_cointeract.train.metrics import read_metrics
 from comfyui_cointeract.train.resume import ConfigChanged, config_changes
 from comfyui_cointeract.train.synthetic import smoke_config
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cfg(out: Path, **sections):

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from comfyui_cointeract.cointeract_core.model.config import PRESETS
 from comfyui_cointeract.train.builders import build_model, load_start_checkpoint
@@ -14,13 +13,7 @@ from comfyui_cointeract.train.loop import train
 from comfyui_cointeract.train.lora_peft import inject_lora
 from comfyui_cointeract.train.synthetic import smoke_config, synthetic_dataset
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 
 
 @pytest.mark.slow

@@ -26,13 +26,7 @@ CONFIGS = REPO / "train" / "accelerate_configs"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The in-process reference runs must use the subprocesses' thread count (1) to match them bit for bit."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 
 
 def _config_file(path: Path, cfg) -> Path:

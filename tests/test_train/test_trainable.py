@@ -31,13 +31,7 @@ ASYM = StageConfig("stage2", "asymmetric", 1)
 TRAINABLE = re.compile(r"\.lora_[AB]\.default\.weight$|\.ffn\.(router|hand_expert|face_expert)\.|(^|\.)depth_")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest, and bit-reproducibly, on one thread (many threads thrash on a loaded CI box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 
 
 @pytest.fixture
